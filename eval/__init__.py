@@ -1,0 +1,1 @@
+"""Trident eval."""
