@@ -1,0 +1,136 @@
+"""Stream and validate a BEIR-style corpus without loading it whole.
+
+Accepts a BEIR folder (``corpus.jsonl`` inside), a ``.jsonl`` file or a ``.jsonl.gz`` file. Every
+record must be a JSON object with a string ``_id``, optional string ``title`` / ``text`` (not both
+empty) and an optional ``metadata`` object. Errors name the file and line so a user can fix the
+corpus; with ``skip_invalid`` the bad records are counted and skipped instead.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One corpus record, as every index and the docstore see it."""
+
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class CorpusError(ValueError):
+    """A corpus record that cannot be indexed; carries the file and 1-based line."""
+
+    def __init__(self, path: Path, line: int, reason: str) -> None:
+        super().__init__(f"{path}:{line}: {reason}")
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class CorpusReport:
+    """What a pass over the corpus saw: counts, skipped records and a content fingerprint."""
+
+    valid: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    _digest: Any = field(default_factory=hashlib.sha256)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the valid records' canonical JSON, in corpus order."""
+        return self._digest.hexdigest()
+
+
+def corpus_file(path: str | Path) -> Path:
+    """Resolve a BEIR folder or a JSONL(.gz) file to the file to read."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"{p} is a folder but holds no corpus.jsonl or corpus.jsonl.gz")
+    if not p.is_file():
+        raise FileNotFoundError(f"corpus not found: {p}")
+    return p
+
+
+def _open(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def _parse(raw: str) -> Document:
+    """Turn one JSON line into a Document, or raise ValueError saying what is wrong."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "_id" not in obj:
+        raise ValueError("missing '_id'")
+    doc_id = obj["_id"]
+    if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+        doc_id = str(doc_id)  # BEIR ids are sometimes written as numbers
+    if not isinstance(doc_id, str) or not doc_id.strip():
+        raise ValueError(f"'_id' must be a non-empty string, got {obj['_id']!r}")
+    title = obj.get("title") or ""
+    text = obj.get("text") or ""
+    for name, value in (("title", title), ("text", text)):
+        if not isinstance(value, str):
+            raise ValueError(f"'{name}' must be a string, got {type(value).__name__}")
+    if not (title.strip() or text.strip()):
+        raise ValueError(f"document {doc_id!r} has empty title and text")
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"'metadata' must be an object, got {type(metadata).__name__}")
+    return Document(doc_id, title, text, metadata)
+
+
+def iter_corpus(
+    path: str | Path, *, skip_invalid: bool = False, report: CorpusReport | None = None
+) -> Iterator[Document]:
+    """Yield valid documents in file order; raise CorpusError on the first bad one.
+
+    Duplicate ids are errors too (the second occurrence is the bad record), which needs one set of
+    ids in memory: a few dozen bytes per document.
+    """
+    file = corpus_file(path)
+    report = report if report is not None else CorpusReport()
+    seen: set[str] = set()
+    with _open(file) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                doc = _parse(raw)
+                if doc.id in seen:
+                    raise ValueError(f"duplicate _id {doc.id!r}")
+            except ValueError as exc:
+                if not skip_invalid:
+                    raise CorpusError(file, lineno, str(exc)) from None
+                report.skipped += 1
+                if len(report.errors) < 20:
+                    report.errors.append(f"{file}:{lineno}: {exc}")
+                log.warning("skipping %s:%d: %s", file, lineno, exc)
+                continue
+            seen.add(doc.id)
+            report.valid += 1
+            report._digest.update(
+                json.dumps([doc.id, doc.title, doc.text, doc.metadata], sort_keys=True).encode()
+            )
+            yield doc
