@@ -1,0 +1,86 @@
+"""The corpus reader: streaming, formats, and validation errors that name file and line."""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from indexers.corpus import CorpusError, CorpusReport, iter_corpus
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_demo_corpus_streams_in_order(demo_dir: Path) -> None:
+    report = CorpusReport()
+    docs = list(iter_corpus(demo_dir, report=report))
+    assert len(docs) == report.valid == 500
+    first = json.loads((demo_dir / "corpus.jsonl").open().readline())
+    assert (docs[0].id, docs[0].title) == (first["_id"], first["title"])
+    assert len(report.fingerprint) == 64
+
+
+def test_gzip_and_plain_give_same_documents_and_fingerprint(tmp_path: Path) -> None:
+    lines = [json.dumps({"_id": str(i), "title": f"t{i}", "text": "body é"}) for i in range(5)]
+    plain = write(tmp_path / "c.jsonl", lines)
+    gz = tmp_path / "c.jsonl.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as fh:
+        fh.write(plain.read_text(encoding="utf-8"))
+    r1, r2 = CorpusReport(), CorpusReport()
+    assert list(iter_corpus(plain, report=r1)) == list(iter_corpus(gz, report=r2))
+    assert r1.fingerprint == r2.fingerprint
+
+
+def test_numeric_ids_and_metadata(tmp_path: Path) -> None:
+    f = write(tmp_path / "c.jsonl", ['{"_id": 7, "text": "x", "metadata": {"year": 2020}}'])
+    (doc,) = iter_corpus(f)
+    assert doc.id == "7" and doc.metadata == {"year": 2020} and doc.title == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("{not json", "invalid JSON"),
+        ('{"title": "a", "text": "b"}', "missing '_id'"),
+        ('{"_id": "1", "title": " ", "text": ""}', "empty title and text"),
+        ('{"_id": "1", "title": 3, "text": "b"}', "'title' must be a string"),
+        ('{"_id": ["1"], "text": "b"}', "'_id' must be a non-empty string"),
+        ('{"_id": "1", "text": "b", "metadata": [1]}', "'metadata' must be an object"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_invalid_record_names_file_and_line(tmp_path: Path, line: str, reason: str) -> None:
+    f = write(tmp_path / "c.jsonl", ['{"_id": "0", "text": "ok"}', line])
+    with pytest.raises(CorpusError) as err:
+        list(iter_corpus(f))
+    assert err.value.line == 2 and err.value.path == f
+    assert reason in str(err.value) and f"{f}:2:" in str(err.value)
+
+
+def test_duplicate_id_is_an_error(tmp_path: Path) -> None:
+    f = write(tmp_path / "c.jsonl", ['{"_id": "a", "text": "x"}', '{"_id": "a", "text": "y"}'])
+    with pytest.raises(CorpusError, match="duplicate _id 'a'"):
+        list(iter_corpus(f))
+
+
+def test_skip_invalid_counts_and_keeps_the_rest(tmp_path: Path) -> None:
+    f = write(
+        tmp_path / "c.jsonl",
+        ['{"_id": "a", "text": "x"}', "{oops", "", '{"_id": "a", "text": "dup"}', '{"_id": "b", "text": "y"}'],
+    )
+    report = CorpusReport()
+    ids = [d.id for d in iter_corpus(f, skip_invalid=True, report=report)]
+    assert ids == ["a", "b"]
+    assert (report.valid, report.skipped) == (2, 2)
+    assert report.errors[0].startswith(f"{f}:2:")
+
+
+def test_missing_path_and_folder_without_corpus(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="corpus not found"):
+        list(iter_corpus(tmp_path / "nope.jsonl"))
+    with pytest.raises(FileNotFoundError, match="no corpus.jsonl"):
+        list(iter_corpus(tmp_path))
