@@ -1,0 +1,222 @@
+"""Rank fusion: reciprocal rank fusion and normalised score interpolation, as pure functions.
+
+Each retriever gives one *run*: either an ordered ``Sequence[Hit]`` (best first; the order is taken
+as given) or a ``Mapping[str, float]`` from external id to score (ordered here by score descending,
+ties broken by docid ascending, so equal inputs always give equal ranks).
+
+Both fusions are a sum over runs of a per-run contribution, and differ only in what a run
+contributes for a document it returned and for one it did not:
+
+**RRF** (Cormack, Clarke, Buettcher, SIGIR 2009)::
+
+    score(d) = sum_r  w_r / (rrf_k + rank_r(d))      rank is 1-based; absent documents add 0
+
+``rrf_k`` is RRF's smoothing constant (60 in the paper), not the number of results.
+
+**Interpolation** (convex combination, as in Bruch, Gai, Ingber, TOIS 2023)::
+
+    score(d) = sum_r  w_r * norm_r(d)
+
+where ``norm_r`` is one of:
+
+* ``minmax`` (default): ``(s - min) / (max - min)``, into [0, 1]. A document absent from the run
+  gets **0**, the value of that run's worst hit. When the range has zero width (a single hit, or all
+  scores equal) every hit gets **1.0**: the run cannot order its hits, but it did retrieve them, so
+  they rank above documents it did not retrieve (OpenSearch's normalisation processor does the same).
+* ``zscore``: ``(s - mean) / std`` (population std). An absent document gets the run's **minimum
+  z-score**. With zero std every hit gets 0.0, so does an absent document, and the run has no effect.
+* ``none``: raw scores. An absent document gets the run's **minimum raw score**.
+
+An empty run contributes nothing. Weights default to 1.0 per run and must be finite and >= 0.
+Results are ordered by fused score descending, ties broken by docid ascending (stable pagination).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import numpy as np
+
+from indexers.hits import Hit
+
+Run: TypeAlias = Sequence[Hit] | Mapping[str, float]
+Runs: TypeAlias = Mapping[str, Run] | Sequence[Run]
+Weights: TypeAlias = Mapping[str, float] | Sequence[float] | None
+Normalization = Literal["minmax", "zscore", "none"]
+Method = Literal["rrf", "interpolation"]
+
+DEFAULT_RRF_K = 60.0
+
+
+class FusionError(ValueError):
+    """Fusion inputs that do not fit together (weights, parameters, unknown names)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """One run after normalisation: a value per returned document and the value for absent ones."""
+
+    scores: dict[str, float]
+    missing: float
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """What one run said about one document; ``rank`` is None when the run did not return it."""
+
+    rank: int | None
+    raw: float | None
+    normalized: float
+    weighted: float
+
+
+@dataclass(frozen=True, slots=True)
+class FusedHit:
+    """A fused result with the per-run breakdown that produced its score."""
+
+    docid: str
+    score: float
+    contributions: dict[str, Contribution]
+
+
+def ranked(run: Run) -> list[Hit]:
+    """A run as hits, best first: sequences keep their order, mappings sort by (-score, docid)."""
+    if isinstance(run, Mapping):
+        return [Hit(d, float(s)) for d, s in sorted(run.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return list(run)
+
+
+def minmax(scores: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1]; a zero-width range maps every score to 1.0 (see module docstring)."""
+    lo, hi = float(scores.min()), float(scores.max())
+    if hi - lo <= 0.0:
+        return np.ones_like(scores, dtype=np.float64)
+    return (scores - lo) / (hi - lo)
+
+
+def zscore(scores: np.ndarray) -> np.ndarray:
+    """Centre on the mean and divide by the population std; zero std maps every score to 0.0."""
+    std = float(scores.std())
+    if std <= 0.0:
+        return np.zeros_like(scores, dtype=np.float64)
+    return (scores - scores.mean()) / std
+
+
+def identity(scores: np.ndarray) -> np.ndarray:
+    """Raw scores, for retrievers that are already on comparable scales."""
+    return scores.astype(np.float64)
+
+
+NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "minmax": minmax,
+    "zscore": zscore,
+    "none": identity,
+}
+
+
+def normalize(run: Run, method: str = "minmax") -> Normalized:
+    """Normalise one run's scores and give the value an absent document receives."""
+    try:
+        fn = NORMALIZERS[method]
+    except KeyError:
+        raise FusionError(
+            f"unknown normalization {method!r}; choose one of {sorted(NORMALIZERS)}"
+        ) from None
+    hits = ranked(run)
+    if not hits:
+        return Normalized({}, 0.0)
+    values = fn(np.fromiter((h.score for h in hits), dtype=np.float64, count=len(hits)))
+    scores = {h.docid: float(v) for h, v in zip(hits, values, strict=True)}
+    missing = 0.0 if method == "minmax" else float(values.min())
+    return Normalized(scores, missing)
+
+
+def reciprocal_ranks(run: Run, k: float = DEFAULT_RRF_K) -> Normalized:
+    """RRF's per-run term 1 / (k + rank), rank 1-based; absent documents get 0."""
+    if not (math.isfinite(k) and k >= 0):
+        raise FusionError(f"rrf_k must be a finite number >= 0, got {k!r}")
+    return Normalized({h.docid: 1.0 / (k + i) for i, h in enumerate(ranked(run), start=1)}, 0.0)
+
+
+def _named(runs: Runs) -> dict[str, Run]:
+    if isinstance(runs, Mapping):
+        return dict(runs)
+    return {str(i): run for i, run in enumerate(runs)}
+
+
+def _weights(names: list[str], weights: Weights) -> dict[str, float]:
+    if weights is None:
+        out = {n: 1.0 for n in names}
+    elif isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise FusionError(f"weights given for runs {unknown} that are not fused; runs: {names}")
+        out = {n: float(weights.get(n, 1.0)) for n in names}
+    else:
+        if len(weights) != len(names):
+            raise FusionError(f"got {len(weights)} weights for {len(names)} runs")
+        out = {n: float(w) for n, w in zip(names, weights, strict=True)}
+    bad = {n: w for n, w in out.items() if not (math.isfinite(w) and w >= 0)}
+    if bad:
+        raise FusionError(f"weights must be finite and >= 0, got {bad}")
+    return out
+
+
+def fuse(
+    runs: Runs,
+    method: str = "rrf",
+    *,
+    weights: Weights = None,
+    rrf_k: float = DEFAULT_RRF_K,
+    normalization: str = "minmax",
+) -> list[FusedHit]:
+    """Fuse runs and keep, for every document, each run's rank, raw, normalised and weighted score.
+
+    This is the one implementation; :func:`rrf` and :func:`interpolate` are views of it without the
+    breakdown. Positional runs are named ``"0"``, ``"1"``, ... in the breakdown.
+    """
+    named = _named(runs)
+    w = _weights(list(named), weights)
+    per_run: dict[str, tuple[list[Hit], Normalized]] = {}
+    for name, run in named.items():
+        hits = ranked(run)
+        if method == "rrf":
+            norm = reciprocal_ranks(hits, rrf_k)
+        elif method == "interpolation":
+            norm = normalize(hits, normalization)
+        else:
+            raise FusionError(f"unknown fusion method {method!r}; choose 'rrf' or 'interpolation'")
+        per_run[name] = (hits, norm)
+
+    docids = {h.docid for hits, _ in per_run.values() for h in hits}
+    positions = {
+        name: {h.docid: (rank, h.score) for rank, h in enumerate(hits, start=1)}
+        for name, (hits, _) in per_run.items()
+    }
+    fused: list[FusedHit] = []
+    for docid in docids:
+        parts: dict[str, Contribution] = {}
+        for name, (_, norm) in per_run.items():
+            rank, raw = positions[name].get(docid, (None, None))
+            value = norm.scores.get(docid, norm.missing)
+            parts[name] = Contribution(rank, raw, value, w[name] * value)
+        fused.append(FusedHit(docid, sum(c.weighted for c in parts.values()), parts))
+    fused.sort(key=lambda f: (-f.score, f.docid))
+    return fused
+
+
+def rrf(runs: Runs, k: float = DEFAULT_RRF_K, weights: Weights = None) -> list[Hit]:
+    """Weighted reciprocal rank fusion; ``k`` is RRF's constant, not a result count."""
+    return [Hit(f.docid, f.score) for f in fuse(runs, "rrf", weights=weights, rrf_k=k)]
+
+
+def interpolate(
+    runs: Runs, weights: Weights = None, normalization: str = "minmax"
+) -> list[Hit]:
+    """Weighted sum of normalised scores (see the module docstring for absent documents)."""
+    return [
+        Hit(f.docid, f.score)
+        for f in fuse(runs, "interpolation", weights=weights, normalization=normalization)
+    ]
