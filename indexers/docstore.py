@@ -1,0 +1,261 @@
+"""The document store: internal id <-> external ``_id``, title, text and metadata, in SQLite.
+
+One table keyed by internal id (the document's position in the corpus), written once by the build
+and then only read. WAL mode lets many readers run beside each other; the service opens read-only
+connections, one per thread, so a threaded server needs no lock. Metadata filters run in SQLite
+(``json_extract``) and come back as a bool mask over internal ids, the form every retriever takes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexers.corpus import Document
+
+_SCHEMA = """
+CREATE TABLE docs (
+    id INTEGER PRIMARY KEY,
+    ext_id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL
+)
+"""
+_FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+_SQL_VARS = 500  # stay well under SQLite's bound-parameter limit
+Scalar = str | int | float | bool
+
+
+class DocStoreError(ValueError):
+    """A docstore that cannot be opened, or a lookup or filter it cannot answer."""
+
+
+class FilterError(DocStoreError):
+    """A metadata filter with a bad field name or value; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDoc:
+    """A document as the docstore returns it, with its internal id."""
+
+    internal_id: int
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class DocStore:
+    """SQLite-backed document table; ``create`` for the build, ``open`` for everyone else."""
+
+    def __init__(self, path: Path, *, readonly: bool, uri: str) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._uri = uri
+        self._local = threading.local()
+        self._writer: sqlite3.Connection | None = None
+        self._external_ids: np.ndarray | None = None
+        self._matching = lru_cache(maxsize=256)(self._matching_uncached)
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path) -> DocStore:
+        """A new, empty store (an existing file at ``path`` is an error, not overwritten)."""
+        p = Path(path)
+        if p.exists():
+            raise DocStoreError(f"{p} already exists; remove it or choose another path")
+        store = cls(p, readonly=False, uri=f"file:{p}")
+        conn = store._conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(_SCHEMA)
+        conn.commit()
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path, readonly: bool = True) -> DocStore:
+        """Open an existing store; read-only stores share nothing between threads.
+
+        A read-only WAL database needs its ``-shm`` file; when the folder is not writable (a
+        read-only mount) SQLite cannot create one, so the file is opened as immutable instead.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise DocStoreError(f"docstore not found: {p} (build an index with `trident index build`)")
+        if not readonly:
+            return cls(p, readonly=False, uri=f"file:{p}")
+        mode = "ro" if os.access(p.parent, os.W_OK) else "ro&immutable=1"
+        store = cls(p, readonly=True, uri=f"file:{p}?mode={mode}")
+        try:
+            store._conn().execute("SELECT count(*) FROM docs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise DocStoreError(f"{p} is not a Trident docstore: {exc}") from None
+        return store
+
+    def _conn(self) -> sqlite3.Connection:
+        if not self.readonly:
+            if self._writer is None:
+                self._writer = sqlite3.connect(self._uri, uri=True)
+            return self._writer
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (and the writer), checkpointing the WAL into the file."""
+        if self._writer is not None:
+            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._writer.close()
+            self._writer = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> DocStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+    def add(self, docs: Iterable[Document], *, batch: int = 1000) -> int:
+        """Append documents in order, numbering them from the current count; returns how many."""
+        if self.readonly:
+            raise DocStoreError(f"{self.path} is open read-only")
+        conn = self._conn()
+        next_id = len(self)
+        added = 0
+        rows: list[tuple[int, str, str, str, str]] = []
+        for doc in docs:
+            meta = json.dumps(doc.metadata, sort_keys=True, ensure_ascii=False)
+            rows.append((next_id + added, doc.id, doc.title, doc.text, meta))
+            added += 1
+            if len(rows) >= batch:
+                self._insert(conn, rows)
+                rows = []
+        if rows:
+            self._insert(conn, rows)
+        self._external_ids = None
+        return added
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: list[tuple[int, str, str, str, str]]) -> None:
+        try:
+            with conn:
+                conn.executemany("INSERT INTO docs VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError as exc:
+            raise DocStoreError(f"cannot add documents: {exc} (duplicate _id?)") from None
+
+    # -- reading -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM docs").fetchone()[0])
+
+    def get(self, internal_ids: Sequence[int] | np.ndarray) -> list[StoredDoc]:
+        """Documents in the order asked; an unknown internal id raises ``KeyError``."""
+        wanted = [int(i) for i in internal_ids]
+        found: dict[int, StoredDoc] = {}
+        for start in range(0, len(wanted), _SQL_VARS):
+            part = wanted[start : start + _SQL_VARS]
+            marks = ",".join("?" * len(part))
+            for row in self._conn().execute(
+                f"SELECT id, ext_id, title, text, metadata FROM docs WHERE id IN ({marks})", part
+            ):
+                found[row[0]] = _stored(row)
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise KeyError(f"unknown internal ids: {missing[:10]}")
+        return [found[i] for i in wanted]
+
+    def get_by_external(self, ext_id: str) -> StoredDoc | None:
+        row = self._conn().execute(
+            "SELECT id, ext_id, title, text, metadata FROM docs WHERE ext_id = ?", (ext_id,)
+        ).fetchone()
+        return _stored(row) if row else None
+
+    def external_ids(self) -> np.ndarray:
+        """All external ids, indexed by internal id (object array; cached: the store is immutable)."""
+        if self._external_ids is None or not self.readonly:
+            ids = [r[0] for r in self._conn().execute("SELECT ext_id FROM docs ORDER BY id")]
+            self._external_ids = np.array(ids, dtype=object)
+        return self._external_ids
+
+    def internal_ids(self, ext_ids: Sequence[str]) -> np.ndarray:
+        """Internal ids for external ids, in order; -1 for ids not in the store."""
+        wanted = list(ext_ids)
+        found: dict[str, int] = {}
+        for start in range(0, len(wanted), _SQL_VARS):
+            part = wanted[start : start + _SQL_VARS]
+            marks = ",".join("?" * len(part))
+            found.update(
+                self._conn().execute(f"SELECT ext_id, id FROM docs WHERE ext_id IN ({marks})", part)
+            )
+        return np.array([found.get(e, -1) for e in wanted], dtype=np.int64)
+
+    def matching(self, filters: Mapping[str, Scalar | Sequence[Scalar]]) -> np.ndarray:
+        """Bool mask over internal ids of documents whose metadata match every filter.
+
+        ``{"year": 2020}`` is equality; ``{"lang": ["en", "de"]}`` means the value is one of those.
+        Fields name top-level metadata keys. Masks are cached: the same filter is cheap to repeat.
+        """
+        key = tuple(
+            sorted(((f, tuple(v) if _is_list(v) else v) for f, v in filters.items()), key=lambda t: str(t[0]))
+        )
+        try:
+            hash(key)
+        except TypeError:
+            raise FilterError(
+                "filter values must be strings, numbers, booleans or lists of them"
+            ) from None
+        return self._matching(key).copy()
+
+    def _matching_uncached(self, key: tuple[tuple[str, Any], ...]) -> np.ndarray:
+        clauses: list[str] = []
+        args: list[Any] = []
+        for field, value in key:
+            if not isinstance(field, str) or not _FIELD.match(field):
+                raise FilterError(
+                    f"bad metadata field name {field!r}: use letters, digits, '_', '.', ':' or '-'"
+                )
+            path = f'json_extract(metadata, \'$."{field}"\')'
+            values = list(value) if isinstance(value, tuple) else [value]
+            if not values:
+                raise FilterError(f"filter on {field!r} lists no values")
+            for v in values:
+                if not isinstance(v, (str, int, float, bool)):
+                    raise FilterError(
+                        f"filter on {field!r}: values must be strings, numbers or booleans, "
+                        f"got {type(v).__name__}"
+                    )
+            if len(values) > _SQL_VARS:
+                raise FilterError(f"filter on {field!r} lists {len(values)} values; at most {_SQL_VARS}")
+            clauses.append(f"{path} IN ({','.join('?' * len(values))})")
+            args.extend(values)
+        mask = np.zeros(len(self), dtype=bool)
+        if not clauses:
+            mask[:] = True
+            return mask
+        sql = f"SELECT id FROM docs WHERE {' AND '.join(clauses)}"
+        ids = np.fromiter((r[0] for r in self._conn().execute(sql, args)), dtype=np.int64)
+        mask[ids] = True
+        return mask
+
+
+def _is_list(v: object) -> bool:
+    return isinstance(v, (list, tuple, set, frozenset))
+
+
+def _stored(row: tuple[int, str, str, str, str]) -> StoredDoc:
+    return StoredDoc(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
