@@ -1,0 +1,415 @@
+"""BM25 over a Lucene index built and searched by Anserini, set up like its BEIR regressions.
+
+Why it is built this way:
+
+* **Same collection classes as the regressions.** We stream the corpus into JSONL shards and run
+  Anserini's ``IndexCollection`` with ``BeirFlatCollection`` ("flat": title and text joined into
+  ``contents``) or ``BeirMultifieldCollection`` ("multifield": ``title`` and ``contents`` = text as
+  separate fields), the default English analyzer (Porter stemmer, Lucene stop words), positions and
+  document vectors. So scores match Anserini's published BEIR runs instead of approximating them.
+  The indexer runs in a child JVM: a build can take the heap it needs and can never take the calling
+  process down with it. One shard per thread lets ``threads`` indexing threads work at once.
+* **Queries are bags of analysed terms, never parsed.** Anserini's ``BagOfWordsQueryGenerator`` runs
+  the text through the analyzer and ORs the terms, so Lucene syntax (``AND``, ``title:x``, ``"``,
+  ``*``...) is plain text and cannot raise. Multifield queries search ``contents`` and ``title`` with
+  weight 1.0 each, like ``-fields contents=1.0 title=1.0``.
+* **Ties break by doc id** (Anserini's ``SimpleSearcher`` sorts by score, then ``id``, and nudges
+  tied scores apart by 1e-6), so rankings are deterministic and identical in single and batch search.
+* **Filters are a Lucene FILTER clause** (a ``TermInSetQuery`` over the ``id`` field): it narrows the
+  matches before top-k selection and leaves scores unchanged, so a filtered search still returns k
+  hits whenever k allowed documents match.
+
+Hits carry external ids (the corpus ``_id``), best first; the list position is the Lucene rank.
+Anserini's ``-removeQuery`` (dropping a hit whose id equals the query id) is an evaluation concern and
+lives in ``eval.metrics`` (BEIR's ``ignore_identical_ids``), not here.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import subprocess
+import tempfile
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from indexers import jvm
+from indexers.corpus import Document
+from indexers.hits import Hit
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_TERMS = 512
+"""Most analysed terms (after tokenising, lower-casing, stop-word removal and stemming) a query keeps.
+
+Longer queries are cut after this many terms and :class:`PreparedQuery` says ``truncated``. The cap
+keeps a multifield query (one clause per term and field) under Lucene's limit of 1024 clauses.
+"""
+
+FIELDS = ("flat", "multifield")
+PARAMS_FILE = "trident-bm25.json"
+FORMAT_VERSION = 1
+_COLLECTIONS = {"flat": "BeirFlatCollection", "multifield": "BeirMultifieldCollection"}
+_MULTIFIELD_WEIGHTS = {"contents": 1.0, "title": 1.0}
+_INDEX_OPTIONS = ["-storePositions", "-storeDocvectors"]
+_SHARD_BLOCK = 1000  # documents written to one shard before moving to the next
+
+
+class IndexBuildError(RuntimeError):
+    """The Lucene indexer failed or indexed fewer documents than it was given."""
+
+
+class IndexLoadError(RuntimeError):
+    """A BM25 index directory is missing, incomplete or unreadable; rebuild it."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """The query text as it will be searched, and whether it was cut to ``MAX_QUERY_TERMS`` terms.
+
+    ``text`` is the original text, stripped, with unencodable characters replaced; when truncated,
+    it ends right after the last kept term. It is empty when there is nothing to search.
+    """
+
+    text: str
+    truncated: bool
+
+
+class BM25Index:
+    """A loaded Lucene BM25 index. Thread-safe for searching; close it (or use ``with``) when done."""
+
+    def __init__(self, path: Path, searcher: Any, fields: str, num_docs: int, k1: float, b: float):
+        self.path = path
+        self.fields = fields
+        self.num_docs = num_docs
+        self.k1 = k1
+        self.b = b
+        self._searcher = searcher
+        self._analyzer = searcher.get_analyzer()
+        self._generator = jvm.autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        self._jfields = _java_fields() if fields == "multifield" else None
+
+    # ---- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls, docs: Iterable[Document], out_dir: str | Path, *, fields: str = "flat", threads: int = 2
+    ) -> None:
+        """Index ``docs`` into the empty or new folder ``out_dir``.
+
+        ``fields="flat"`` indexes ``title + "\\n" + text`` as one field; ``"multifield"`` indexes
+        title and text separately (a document without text gets its title as text, because Anserini
+        would drop a document with an empty ``contents``). Memory stays bounded: documents stream to
+        temporary shards beside ``out_dir``, which are deleted afterwards.
+        """
+        if fields not in FIELDS:
+            raise ValueError(f"fields must be one of {FIELDS}, got {fields!r}")
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        out = Path(out_dir)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise IndexBuildError(f"{out} already exists and is not an empty folder; pick a new path")
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".bm25-shards-", dir=out.parent) as tmp:
+            shards = Path(tmp, "input")
+            shards.mkdir()
+            count = _write_shards(docs, shards, threads, multifield=fields == "multifield")
+            if count == 0:
+                raise IndexBuildError("no documents to index; the corpus is empty")
+            counters = _run_indexer(shards, out, fields, threads, Path(tmp, "indexer.log"))
+        if counters.get("indexed") != count:
+            raise IndexBuildError(
+                f"Lucene indexed {counters.get('indexed')} of {count} documents (counters: {counters})"
+            )
+        params = {
+            "format": FORMAT_VERSION,
+            "fields": fields,
+            "documents": count,
+            "collection": _COLLECTIONS[fields],
+            "index_options": _INDEX_OPTIONS,
+            "anserini": jvm.fatjar().name,
+        }
+        (out / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
+        log.info("BM25 %s index of %d documents written to %s", fields, count, out)
+
+    # ---- loading --------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path, *, k1: float = 0.9, b: float = 0.4) -> BM25Index:
+        """Open an index written by :meth:`build`; k1/b default to Anserini's BEIR settings.
+
+        Raises IndexLoadError (naming the problem) for a missing, incomplete or corrupt folder.
+        """
+        if not (k1 >= 0.0 and 0.0 <= b <= 1.0):
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        root = Path(path)
+        if not root.is_dir():
+            raise IndexLoadError(f"no BM25 index at {root}: not a folder; build one first")
+        params = _read_params(root)
+        try:
+            searcher = jvm.autoclass("io.anserini.search.SimpleSearcher")(str(root))
+            searcher.set_bm25(float(k1), float(b))
+            num_docs = int(searcher.get_total_num_docs())
+        except jvm.java_exception() as exc:
+            raise IndexLoadError(
+                f"cannot open the Lucene index at {root} ({_java_message(exc)}); it is corrupt or "
+                "incomplete: rebuild it"
+            ) from None
+        if num_docs != params["documents"]:
+            searcher.close()
+            raise IndexLoadError(
+                f"Lucene index at {root} holds {num_docs} documents but {PARAMS_FILE} says "
+                f"{params['documents']}; rebuild it"
+            )
+        return cls(root, searcher, params["fields"], num_docs, float(k1), float(b))
+
+    def close(self) -> None:
+        """Release the Lucene reader (file handles, mmaps)."""
+        self._searcher.close()
+
+    def __enter__(self) -> BM25Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- searching ------------------------------------------------------------------------------
+
+    def prepare(self, query: str) -> PreparedQuery:
+        """Clean ``query`` and cut it after ``MAX_QUERY_TERMS`` analysed terms."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        # Lone surrogates (possible from JSON "\ud800" escapes) cannot cross into Java.
+        text = query.encode("utf-8", "replace").decode("utf-8").strip()
+        if len(text) <= MAX_QUERY_TERMS:  # every term spans at least one character
+            return PreparedQuery(text, False)
+        end = self._end_of_term(text, MAX_QUERY_TERMS)
+        if end is None:
+            return PreparedQuery(text, False)
+        return PreparedQuery(_utf16_prefix(text, end), True)
+
+    def search(
+        self, query: str, k: int = 10, *, filter_ids: Collection[str] | None = None
+    ) -> list[Hit]:
+        """Top ``k`` documents for ``query``, best first; only ids in ``filter_ids`` when given.
+
+        Empty or all-stop-word queries, and an empty ``filter_ids``, give no hits.
+        """
+        _check_k(k)
+        if isinstance(filter_ids, (str, bytes)):
+            raise TypeError("filter_ids must be a collection of document ids, not a single string")
+        text = self.prepare(query).text
+        if not text or (filter_ids is not None and len(filter_ids) == 0):
+            return []
+        if filter_ids is not None:
+            return _hits(self._searcher.search(self._filtered_query(text, filter_ids), k))
+        if self._jfields is not None:
+            return _hits(self._searcher.search_fields(text, self._jfields, k))
+        return _hits(self._searcher.search(text, k))
+
+    def batch_search(
+        self, queries: list[str], qids: list[str], k: int = 10, threads: int = 2
+    ) -> dict[str, list[Hit]]:
+        """Search many queries on ``threads`` Java threads; same hits as :meth:`search` per query.
+
+        Anserini runs the batch on a work-stealing pool; ``threads`` is passed through to it.
+        """
+        _check_k(k)
+        if len(queries) != len(qids):
+            raise ValueError(f"got {len(queries)} queries but {len(qids)} qids")
+        if len(set(qids)) != len(qids):
+            raise ValueError("qids must be unique")
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        out: dict[str, list[Hit]] = {qid: [] for qid in qids}
+        texts, ids = [], []
+        for qid, query in zip(qids, queries):
+            text = self.prepare(query).text
+            if text:
+                texts.append(text)
+                ids.append(str(qid))
+        if not texts:
+            return out
+        jqueries, jqids = _java_list(texts), _java_list(ids)
+        if self._jfields is not None:
+            results = self._searcher.batch_search_fields(jqueries, jqids, k, threads, self._jfields)
+        else:
+            results = self._searcher.batch_search(jqueries, jqids, k, threads)
+        for entry in results.entrySet().toArray():
+            out[entry.getKey()] = _hits(entry.getValue())
+        return out
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    def _filtered_query(self, text: str, filter_ids: Collection[str]) -> Any:
+        clause = jvm.autoclass("org.apache.lucene.search.BooleanClause$Occur")
+        allowed = jvm.autoclass("org.apache.lucene.search.TermInSetQuery")("id", _bytes_refs(filter_ids))
+        if self._jfields is not None:
+            scored = self._generator.buildQuery(self._jfields, self._analyzer, text)
+        else:
+            scored = self._generator.buildQuery("contents", self._analyzer, text)
+        builder = jvm.autoclass("org.apache.lucene.search.BooleanQuery$Builder")()
+        builder.add(scored, clause.MUST)
+        builder.add(allowed, clause.FILTER)
+        return builder.build()
+
+    def _end_of_term(self, text: str, n: int) -> int | None:
+        """UTF-16 offset just after the ``n``-th analysed term of ``text``, or None if fewer."""
+        offset_attr = jvm.autoclass("java.lang.Class").forName(
+            "org.apache.lucene.analysis.tokenattributes.OffsetAttribute"
+        )
+        stream = self._analyzer.tokenStream("contents", text)
+        try:
+            offsets = jvm.cast(
+                "org.apache.lucene.analysis.tokenattributes.OffsetAttribute",
+                stream.addAttribute(offset_attr),
+            )
+            stream.reset()
+            seen = 0
+            while stream.incrementToken():
+                seen += 1
+                if seen == n:
+                    return int(offsets.endOffset())
+            stream.end()
+            return None
+        finally:
+            stream.close()
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
+def _hits(scored: Any) -> list[Hit]:
+    return [Hit(h.docid, float(h.score)) for h in scored]
+
+
+def _java_list(items: list[str]) -> Any:
+    jlist = jvm.autoclass("java.util.ArrayList")(len(items))
+    for item in items:
+        jlist.add(item)
+    return jlist
+
+
+def _bytes_refs(ids: Collection[str]) -> Any:
+    """A Java ``List<BytesRef>`` of ``ids``, converted on the Java side.
+
+    One jnius call per id costs ~17 µs (1.8 s for 100k ids); handing Java the whole list and mapping
+    ``BytesRef::new`` over it there costs ~1.5 µs per id.
+    """
+    strings = jvm.autoclass("java.util.Arrays").asList(*(str(i) for i in ids))
+    collect = jvm.autoclass("java.util.stream.Collectors").toList()
+    return strings.stream().map(_bytes_ref_constructor()).collect(collect)
+
+
+@functools.cache
+def _bytes_ref_constructor() -> Any:
+    """``BytesRef::new`` (from a CharSequence) as a ``java.util.function.Function``."""
+    klass = jvm.autoclass("java.lang.Class").forName
+    handle = jvm.autoclass("java.lang.invoke.MethodHandles").publicLookup().findConstructor(
+        klass("org.apache.lucene.util.BytesRef"),
+        jvm.autoclass("java.lang.invoke.MethodType").methodType(
+            jvm.autoclass("java.lang.Void").TYPE, klass("java.lang.CharSequence")
+        ),
+    )
+    return jvm.autoclass("java.lang.invoke.MethodHandleProxies").asInterfaceInstance(
+        klass("java.util.function.Function"), handle
+    )
+
+
+def _java_fields() -> Any:
+    jmap = jvm.autoclass("java.util.HashMap")()
+    jfloat = jvm.autoclass("java.lang.Float")
+    for name, weight in _MULTIFIELD_WEIGHTS.items():
+        jmap.put(name, jfloat(weight))
+    return jmap
+
+
+def _java_message(exc: Exception) -> str:
+    name = getattr(exc, "classname", None) or type(exc).__name__
+    inner = getattr(exc, "innermessage", None) or str(exc)
+    return f"{name}: {inner}"
+
+
+def _utf16_prefix(text: str, units: int) -> str:
+    """``text`` up to a Java (UTF-16 code unit) offset."""
+    return text.encode("utf-16-le")[: 2 * units].decode("utf-16-le", "ignore")
+
+
+def _write_shards(docs: Iterable[Document], folder: Path, n: int, *, multifield: bool) -> int:
+    """Write docs as BEIR JSONL, in blocks spread over ``n`` shard files; return the count."""
+    files: list[IO[str]] = [
+        (folder / f"part-{i:05d}.jsonl").open("w", encoding="utf-8") for i in range(n)
+    ]
+    count = 0
+    try:
+        for count, doc in enumerate(docs, start=1):
+            text = doc.text if doc.text.strip() or not multifield else doc.title
+            record = {"_id": doc.id, "title": doc.title, "text": text}
+            files[((count - 1) // _SHARD_BLOCK) % n].write(
+                json.dumps(record, ensure_ascii=False) + "\n"
+            )
+    finally:
+        for fh in files:
+            fh.close()
+    return count
+
+
+def _run_indexer(shards: Path, out: Path, fields: str, threads: int, log_path: Path) -> dict[str, int]:
+    """Run Anserini's IndexCollection in a child JVM; return its final counters."""
+    heap = jvm.heap_size()
+    cmd = [
+        str(jvm.java_home() / "bin" / "java"),
+        f"-Xmx{heap}",
+        "-Dfile.encoding=UTF-8",
+        "-cp",
+        str(jvm.fatjar()),
+        "io.anserini.index.IndexCollection",
+        "-collection", _COLLECTIONS[fields],
+        "-generator", "DefaultLuceneDocumentGenerator",
+        "-input", str(shards),
+        "-index", str(out),
+        "-threads", str(threads),
+        "-memoryBuffer", str(max(16, _heap_mb(heap) // 4)),
+        *_INDEX_OPTIONS,
+        *(["-fields", "title"] if fields == "multifield" else []),
+    ]  # fmt: skip
+    log.info("running %s", " ".join(cmd))
+    with log_path.open("w+", encoding="utf-8", errors="replace") as out_log:
+        proc = subprocess.run(cmd, stdout=out_log, stderr=subprocess.STDOUT, env=jvm.java_env())
+        out_log.seek(0)
+        output = out_log.read()
+    if proc.returncode != 0:
+        tail = "\n".join(output.splitlines()[-20:])
+        raise IndexBuildError(f"Anserini IndexCollection exited with {proc.returncode}:\n{tail}")
+    return {
+        name: int(value.replace(",", ""))
+        for name, value in re.findall(r"^.*?\b(indexed|empty|skipped|errors|unindexable):\s+([\d,]+)\s*$",
+                                      output, re.MULTILINE)
+    }
+
+
+def _heap_mb(heap: str) -> int:
+    scale = {"k": 1 / 1024, "m": 1, "g": 1024}.get(heap[-1].lower(), 1 / (1024 * 1024))
+    digits = heap if heap[-1].isdigit() else heap[:-1]
+    return int(int(digits) * scale)
+
+
+def _read_params(root: Path) -> dict[str, Any]:
+    path = root / PARAMS_FILE
+    if not path.is_file():
+        raise IndexLoadError(
+            f"{root} is not a BM25 index built by Trident ({PARAMS_FILE} is missing); rebuild it"
+        )
+    try:
+        params = json.loads(path.read_text(encoding="utf-8"))
+        if params["format"] != FORMAT_VERSION or params["fields"] not in FIELDS:
+            raise ValueError(f"format {params['format']!r}, fields {params['fields']!r}")
+        params["documents"] = int(params["documents"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexLoadError(f"{path} is unreadable ({exc}); rebuild the index") from None
+    return params
