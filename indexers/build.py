@@ -97,6 +97,36 @@ class BuildConfig:
         return data
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Document encodings made outside this job (the sharded build's Ray Data workers).
+
+    ``blocks`` yields row blocks (dense arrays or CSR) in corpus order; ``model`` is what the
+    manifest records for the encoder (name, revision, dim | vocab_size).
+    """
+
+    model: dict[str, Any]
+    blocks: Callable[[], Iterable[np.ndarray | sp.csr_matrix]]
+
+
+def make_encoder(cfg: BuildConfig, kind: str) -> tuple[Any, dict[str, Any]]:
+    """The document encoder ``cfg`` asks for, and the model info the manifest records for it."""
+    common = dict(
+        device=cfg.device, max_length=cfg.max_length, batch_size=cfg.batch_size, threads=cfg.encoder_threads
+    )
+    if kind == "sparse":
+        from encoders.sparse import SparseEncoder
+
+        enc = SparseEncoder(
+            cfg.sparse_model, backend=cfg.sparse_backend, doc_top_k=cfg.sparse_doc_top_k, **common
+        )
+        return enc, {"name": enc.name, "revision": enc.revision, "vocab_size": enc.vocab_size}
+    from encoders.dense import DenseEncoder
+
+    enc = DenseEncoder(cfg.dense_model, **common)
+    return enc, {"name": enc.name, "revision": enc.revision, "dim": enc.dim}
+
+
 # -- the job ---------------------------------------------------------------------------------------
 def build_index(
     corpus: str | Path,
@@ -106,11 +136,13 @@ def build_index(
     resume: bool = False,
     skip_invalid: bool = False,
     progress: Progress | None = None,
+    encoded: dict[str, Encoded] | None = None,
 ) -> Manifest:
     """Build the index directory ``out`` from ``corpus`` (BEIR folder or JSONL[.gz]).
 
     Without ``resume`` an unfinished build left at ``<out>.building`` is discarded; with it, the
     build continues there, provided it was started with the same corpus and settings.
+    ``encoded`` supplies ready encodings per retriever ("sparse", "dense") instead of encoding here.
     """
     config = config or BuildConfig()
     progress = progress or Progress()
@@ -120,7 +152,7 @@ def build_index(
     with _locked(out):
         recover(out)
         _check_target(out)
-        job = _Job(source, out, config, skip_invalid, progress)
+        job = _Job(source, out, config, skip_invalid, progress, encoded or {})
         job.open(resume)
         manifest = job.run()
         _swap_in(job.work, out)
@@ -145,12 +177,19 @@ class _Job:
     """One build in its work directory; ``state`` persists what is done, for ``resume``."""
 
     def __init__(
-        self, source: Path, out: Path, config: BuildConfig, skip_invalid: bool, progress: Progress
+        self,
+        source: Path,
+        out: Path,
+        config: BuildConfig,
+        skip_invalid: bool,
+        progress: Progress,
+        encoded: dict[str, Encoded],
     ) -> None:
         self.source = source
         self.config = config
         self.skip_invalid = skip_invalid
         self.progress = progress
+        self.encoded = encoded
         self.work = work_dir(out)
         self.state: dict[str, Any] = {}
 
@@ -286,6 +325,9 @@ class _Job:
         from encoders.text import document_text
 
         shards = ShardStore(self.work / CHECKPOINTS / kind, kind)
+        if kind in self.encoded:
+            self._adopt(kind, shards)
+            return
         size = self.config.shard_size
         n_shards = math.ceil(self.n_docs / size)
         first = shards.complete()
@@ -302,23 +344,18 @@ class _Job:
             self._encoder(kind)  # all shards exist but the model info was not saved: record it
         self._mark(stage)
 
+    def _adopt(self, kind: str, shards: ShardStore) -> None:
+        """Checkpoint encodings supplied by the caller as if this job had encoded them."""
+        given = self.encoded[kind]
+        with self.progress.stage(f"{kind} encode", total=self.n_docs) as tick:
+            for i, block in enumerate(given.blocks()):
+                shards.write(i, block)
+                tick.update(block.shape[0])
+        self.state["models"][kind] = dict(given.model)
+        self._mark(f"{kind} encode")
+
     def _encoder(self, kind: str) -> Any:
-        cfg = self.config
-        common = dict(
-            device=cfg.device, max_length=cfg.max_length, batch_size=cfg.batch_size, threads=cfg.encoder_threads
-        )
-        if kind == "sparse":
-            from encoders.sparse import SparseEncoder
-
-            enc = SparseEncoder(
-                cfg.sparse_model, backend=cfg.sparse_backend, doc_top_k=cfg.sparse_doc_top_k, **common
-            )
-            info = {"name": enc.name, "revision": enc.revision, "vocab_size": enc.vocab_size}
-        else:
-            from encoders.dense import DenseEncoder
-
-            enc = DenseEncoder(cfg.dense_model, **common)
-            info = {"name": enc.name, "revision": enc.revision, "dim": enc.dim}
+        enc, info = make_encoder(self.config, kind)
         self.state["models"][kind] = info
         self._save_state()
         return enc
