@@ -71,7 +71,6 @@ class BuildConfig:
     bm25_fields: str = "flat"
     bm25_threads: int = 2
     sparse_model: str | None = None
-    sparse_backend: str = "torch"
     sparse_doc_top_k: int | None = None
     sparse_params: dict[str, Any] = field(default_factory=dict)
     dense_model: str | None = None
@@ -117,9 +116,7 @@ def make_encoder(cfg: BuildConfig, kind: str) -> tuple[Any, dict[str, Any]]:
     if kind == "sparse":
         from encoders.sparse import SparseEncoder
 
-        enc = SparseEncoder(
-            cfg.sparse_model, backend=cfg.sparse_backend, doc_top_k=cfg.sparse_doc_top_k, **common
-        )
+        enc = SparseEncoder(cfg.sparse_model, doc_top_k=cfg.sparse_doc_top_k, **common)
         return enc, {"name": enc.name, "revision": enc.revision, "vocab_size": enc.vocab_size}
     from encoders.dense import DenseEncoder
 

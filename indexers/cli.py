@@ -35,7 +35,6 @@ def build(
     threads: Optional[int] = typer.Option(None, help="Encoder CPU threads [default: torch's]."),
     bm25_fields: str = typer.Option("flat", help="flat (title+text in one field) or multifield."),
     bm25_threads: int = typer.Option(2, help="Lucene indexing threads."),
-    sparse_backend: str = typer.Option("torch", help="Sparse encoder backend: torch or onnx."),
     sparse_doc_top_k: Optional[int] = typer.Option(None, help="Keep only the k heaviest terms per document."),
     sparse_param: list[str] = typer.Option(
         [], help="Sparse index parameter KEY=VALUE (SparseParams field; repeatable), e.g. n_postings=4000."
@@ -62,7 +61,6 @@ def build(
             bm25_fields=bm25_fields,
             bm25_threads=bm25_threads,
             sparse_model=sparse_model,
-            sparse_backend=sparse_backend,
             sparse_doc_top_k=sparse_doc_top_k,
             sparse_params=_key_values(sparse_param),
             dense_model=dense_model,
