@@ -13,8 +13,9 @@ Why it is built this way:
   the text through the analyzer and ORs the terms, so Lucene syntax (``AND``, ``title:x``, ``"``,
   ``*``...) is plain text and cannot raise. Multifield queries search ``contents`` and ``title`` with
   weight 1.0 each, like ``-fields contents=1.0 title=1.0``.
-* **Ties break by doc id** (Anserini's ``SimpleSearcher`` sorts by score, then ``id``, and nudges
-  tied scores apart by 1e-6), so rankings are deterministic and identical in single and batch search.
+* **Ties break by doc id.** Anserini's ``SimpleSearcher`` sorts by score, then ``id``, rounds scores
+  to 1e-4 and nudges tied scores apart by 1e-6, so rankings are deterministic and identical in single
+  and batch search (a filtered list can differ from the unfiltered one by those 1e-6 nudges).
 * **Filters are a Lucene FILTER clause** (a ``TermInSetQuery`` over the ``id`` field): it narrows the
   matches before top-k selection and leaves scores unchanged, so a filtered search still returns k
   hits whenever k allowed documents match.
@@ -186,7 +187,7 @@ class BM25Index:
         text = query.encode("utf-8", "replace").decode("utf-8").strip()
         if len(text) <= MAX_QUERY_TERMS:  # every term spans at least one character
             return PreparedQuery(text, False)
-        end = self._end_of_term(text, MAX_QUERY_TERMS)
+        end = self._cut_offset(text, MAX_QUERY_TERMS)
         if end is None:
             return PreparedQuery(text, False)
         return PreparedQuery(_utf16_prefix(text, end), True)
@@ -256,8 +257,8 @@ class BM25Index:
         builder.add(allowed, clause.FILTER)
         return builder.build()
 
-    def _end_of_term(self, text: str, n: int) -> int | None:
-        """UTF-16 offset just after the ``n``-th analysed term of ``text``, or None if fewer."""
+    def _cut_offset(self, text: str, n: int) -> int | None:
+        """UTF-16 offset just after the ``n``-th analysed term, or None if ``text`` has at most n."""
         offset_attr = jvm.autoclass("java.lang.Class").forName(
             "org.apache.lucene.analysis.tokenattributes.OffsetAttribute"
         )
@@ -268,11 +269,13 @@ class BM25Index:
                 stream.addAttribute(offset_attr),
             )
             stream.reset()
-            seen = 0
+            seen, end = 0, None
             while stream.incrementToken():
                 seen += 1
                 if seen == n:
-                    return int(offsets.endOffset())
+                    end = int(offsets.endOffset())
+                elif seen > n:
+                    return end
             stream.end()
             return None
         finally:
