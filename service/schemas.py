@@ -185,6 +185,11 @@ class SearchResponse(BaseModel):
         "fetch, total. Retrievers run concurrently, so total is less than the sum."
     )
     warnings: list[str] = Field(default_factory=list)
+    partial: bool = Field(
+        False, description="Sharded indexes only: true when some shards did not answer in time; the "
+        "hits then come from the other shards."
+    )
+    missing_shards: list[str] = Field(default_factory=list, description="The shards that did not answer.")
 
 
 class BatchSearchResponse(BaseModel):
