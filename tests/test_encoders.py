@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +15,6 @@ import torch
 from encoders import DenseEncoder, EncoderConfigError, ModelLoadError, SparseEncoder, document_text
 from encoders.models import DENSE_DEFAULT, SPARSE_DEFAULT, carried_model_dir, folder_revision, resolve_model
 from encoders.sparse import prune_top_k
-
-REPO = Path(__file__).resolve().parent.parent
 
 QUERIES = [
     "high blood pressure treatment",
@@ -239,32 +235,22 @@ def test_bad_options_are_clear_errors() -> None:
         SparseEncoder(max_length=4096)
 
 
-_OFFLINE_SCRIPT = """
-import json
-from encoders import DenseEncoder, ModelLoadError, SparseEncoder
-sparse, dense = SparseEncoder(device="cpu"), DenseEncoder(device="cpu")
-report = {"sparse_nnz": sparse.encode_queries(["blood pressure"]).nnz,
-          "dense_shape": list(dense.encode_queries(["blood pressure"]).shape)}
-try:
-    DenseEncoder("trident-test/no-such-model-anywhere", device="cpu")
-except ModelLoadError as exc:
-    report["error"] = str(exc)
-print(json.dumps(report))
-"""
+def test_loads_offline_and_names_missing_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HF_HUB_OFFLINE=1 and every socket connection refused, both defaults load from their wheels."""
 
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network disabled by this test")
 
-def test_loads_offline_and_names_missing_models(tmp_path: Path) -> None:
-    """A fresh process with HF_HUB_OFFLINE=1 and an empty HF cache loads both defaults from their wheels."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
-    env.pop("TRANSFORMERS_OFFLINE", None)
-    done = subprocess.run(
-        [sys.executable, "-c", _OFFLINE_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["sparse_nnz"] > 0 and report["dense_shape"] == [1, 384]
-    assert "trident-test/no-such-model-anywhere" in report["error"]
-    assert "HF_HUB_OFFLINE" in report["error"] and "local model folder" in report["error"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    assert SparseEncoder(device="cpu").encode_queries(["blood pressure"]).nnz > 0
+    assert DenseEncoder(device="cpu").encode_queries(["blood pressure"]).shape == (1, 384)
+    with pytest.raises(ModelLoadError) as error:
+        DenseEncoder("trident-test/no-such-model-anywhere", device="cpu")
+    message = str(error.value)
+    assert "trident-test/no-such-model-anywhere" in message
+    assert "HF_HUB_OFFLINE" in message and "local model folder" in message
 
 
 # ---- ONNX query backend -----------------------------------------------------------------------------
