@@ -1,0 +1,256 @@
+"""Numba kernels of the index build: posting-list pruning, block clustering, quantised summaries.
+
+Lists are independent once pruned, so they are built in chunks by a thread pool (the kernels release
+the GIL); each chunk returns its own arrays, which are concatenated in list order.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def cap_lists(col_ptr, col_vals, cap):  # noqa: ANN001, ANN202
+    """Mask keeping at most `cap` heaviest postings of each list (ties: lower doc id first)."""
+    keep = np.ones(col_vals.shape[0], dtype=np.bool_)
+    for t in range(col_ptr.shape[0] - 1):
+        a = col_ptr[t]
+        z = col_ptr[t + 1]
+        if z - a <= cap:
+            continue
+        order = np.argsort(-col_vals[a:z], kind="mergesort")
+        for r in range(cap, z - a):
+            keep[a + order[r]] = False
+    return keep
+
+
+@njit(cache=True, nogil=True)
+def top_terms(fwd_ptr, fwd_terms, fwd_vals, doc_cut):  # noqa: ANN001, ANN202
+    """Each document's `doc_cut` heaviest terms (padded with -1): the cheap clustering key."""
+    n = fwd_ptr.shape[0] - 1
+    terms = np.full((n, doc_cut), -1, dtype=np.int32)
+    vals = np.zeros((n, doc_cut), dtype=np.float32)
+    for d in range(n):
+        a = fwd_ptr[d]
+        z = fwd_ptr[d + 1]
+        order = np.argsort(-fwd_vals[a:z], kind="mergesort")
+        for r in range(min(doc_cut, z - a)):
+            terms[d, r] = fwd_terms[a + order[r]]
+            vals[d, r] = fwd_vals[a + order[r]]
+    return terms, vals
+
+
+@njit(cache=True, inline="always")
+def _grow(arr, n, need):  # noqa: ANN001, ANN202
+    if n + need <= arr.shape[0]:
+        return arr
+    out = np.empty(max(2 * arr.shape[0], n + need), dtype=arr.dtype)
+    out[:n] = arr[:n]
+    return out
+
+
+@njit(cache=True)
+def _cluster(docs, n_centroids, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v, head, head_stamp, cur):  # noqa: ANN001, ANN202
+    """Assign each doc of a list to the centroid (a random member) with the highest dot product over
+    the doc's top terms. Centroids are put in a small inverted index (linked lists keyed by term in
+    the `head` scratch), so the cost is proportional to matching entries, not to docs x centroids."""
+    m = docs.shape[0]
+    perm = np.arange(m)
+    for i in range(n_centroids):  # partial Fisher-Yates
+        j = np.random.randint(i, m)
+        x = perm[i]
+        perm[i] = perm[j]
+        perm[j] = x
+    n_ent = 0
+    for i in range(n_centroids):
+        c = docs[perm[i]]
+        n_ent += fwd_ptr[c + 1] - fwd_ptr[c]
+    ent_c = np.empty(n_ent, dtype=np.int32)
+    ent_w = np.empty(n_ent, dtype=np.float32)
+    nxt = np.empty(n_ent, dtype=np.int32)
+    e = 0
+    for i in range(n_centroids):
+        c = docs[perm[i]]
+        for p in range(fwd_ptr[c], fwd_ptr[c + 1]):
+            t = fwd_terms[p]
+            ent_c[e] = i
+            ent_w[e] = fwd_vals[p]
+            if head_stamp[t] == cur:
+                nxt[e] = head[t]
+            else:
+                nxt[e] = -1
+                head_stamp[t] = cur
+            head[t] = e
+            e += 1
+    assign = np.empty(m, dtype=np.int32)
+    score = np.zeros(n_centroids, dtype=np.float32)
+    touched = np.empty(n_centroids, dtype=np.int32)
+    for i in range(m):
+        d = docs[i]
+        nt = 0
+        for r in range(top_t.shape[1]):
+            t = top_t[d, r]
+            if t < 0:
+                break
+            if head_stamp[t] != cur:
+                continue
+            w = top_v[d, r]
+            e = head[t]
+            while e >= 0:
+                ci = ent_c[e]
+                if score[ci] == 0.0:
+                    touched[nt] = ci
+                    nt += 1
+                score[ci] += w * ent_w[e]
+                e = nxt[e]
+        best = 0
+        best_s = np.float32(-1.0)
+        for r in range(nt):
+            ci = touched[r]
+            if score[ci] > best_s or (score[ci] == best_s and ci < best):
+                best_s = score[ci]
+                best = ci
+            score[ci] = 0.0
+        assign[i] = best
+    return assign
+
+
+@njit(cache=True, nogil=True)
+def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v, vocab,
+                centroid_fraction, summary_energy, seed):  # noqa: ANN001, ANN202
+    """Blocks, summaries and summary dictionaries of the given lists (ascending ids).
+
+    Returns per list: block count and dictionary size; per block: size, documents, scale; per
+    dictionary term: term and entry count; per entry: local block id and 8-bit value.
+    """
+    nl = lists.shape[0]
+    list_nblocks = np.zeros(nl, dtype=np.int64)
+    list_ndict = np.zeros(nl, dtype=np.int64)
+    n_post = 0
+    for li in range(nl):
+        t = lists[li]
+        n_post += post_ptr[t + 1] - post_ptr[t]
+    block_docs = np.empty(n_post, dtype=np.int32)
+    block_size = np.empty(n_post, dtype=np.int64)  # at most one block per posting
+    block_scale = np.empty(n_post, dtype=np.float32)
+    dict_terms = np.empty(1024, dtype=np.int32)
+    dict_nent = np.empty(1024, dtype=np.int64)
+    ent_block = np.empty(4096, dtype=np.int32)
+    ent_val = np.empty(4096, dtype=np.uint8)
+    nd = 0
+    ne = 0
+    nbk = 0
+    npst = 0
+    head = np.empty(vocab, dtype=np.int32)
+    head_stamp = np.zeros(vocab, dtype=np.int32)
+    maxv = np.zeros(vocab, dtype=np.float32)
+    cur = 0
+    for li in range(nl):
+        t = lists[li]
+        a = post_ptr[t]
+        z = post_ptr[t + 1]
+        m = z - a
+        if m == 0:
+            continue
+        docs = post_docs[a:z]
+        np.random.seed(seed * 1000003 + t)
+        n_cent = max(1, min(m, int(np.ceil(centroid_fraction * m))))
+        cur += 1
+        assign = _cluster(docs, n_cent, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v, head, head_stamp, cur)
+        # group docs by cluster (stable: ascending doc id inside a block), drop empty clusters
+        cnt = np.zeros(n_cent + 1, dtype=np.int64)
+        for i in range(m):
+            cnt[assign[i] + 1] += 1
+        for c in range(n_cent):
+            cnt[c + 1] += cnt[c]
+        pos = cnt[:n_cent].copy()
+        grouped = np.empty(m, dtype=np.int32)
+        for i in range(m):
+            grouped[pos[assign[i]]] = docs[i]
+            pos[assign[i]] += 1
+        # summaries: component-wise max, energy cut, 8-bit quantisation; collect (term, block, q)
+        trip_t = np.empty(1024, dtype=np.int32)
+        trip_b = np.empty(1024, dtype=np.int32)
+        trip_q = np.empty(1024, dtype=np.uint8)
+        ntr = 0
+        nb = 0
+        for c in range(n_cent):
+            s0 = cnt[c]
+            s1 = cnt[c + 1]
+            if s1 == s0:
+                continue
+            cur += 1
+            n_touch = 0
+            for i in range(s0, s1):
+                d = grouped[i]
+                n_touch += fwd_ptr[d + 1] - fwd_ptr[d]
+            touched = np.empty(n_touch, dtype=np.int32)
+            n_touch = 0
+            for i in range(s0, s1):
+                d = grouped[i]
+                block_docs[npst] = d
+                npst += 1
+                for p in range(fwd_ptr[d], fwd_ptr[d + 1]):
+                    u = fwd_terms[p]
+                    v = fwd_vals[p]
+                    if head_stamp[u] != cur:
+                        head_stamp[u] = cur
+                        maxv[u] = v
+                        touched[n_touch] = u
+                        n_touch += 1
+                    elif v > maxv[u]:
+                        maxv[u] = v
+            vals = np.empty(n_touch, dtype=np.float32)
+            total = 0.0
+            for i in range(n_touch):
+                vals[i] = maxv[touched[i]]
+                total += vals[i]
+            order = np.argsort(-vals, kind="mergesort")
+            kept = 0
+            acc = 0.0
+            while kept < n_touch:
+                acc += vals[order[kept]]
+                kept += 1
+                if acc >= summary_energy * total:
+                    break
+            top = vals[order[0]] if n_touch > 0 else np.float32(1.0)
+            scale = np.float32(top / 255.0) if top > 0 else np.float32(1.0)
+            trip_t = _grow(trip_t, ntr, kept)
+            trip_b = _grow(trip_b, ntr, kept)
+            trip_q = _grow(trip_q, ntr, kept)
+            for r in range(kept):
+                # round up so a kept entry never under-estimates its document maximum
+                q = np.ceil(vals[order[r]] / scale)
+                trip_t[ntr] = touched[order[r]]
+                trip_b[ntr] = nb
+                trip_q[ntr] = np.uint8(min(255.0, max(1.0, q)))
+                ntr += 1
+            block_size[nbk] = s1 - s0
+            block_scale[nbk] = scale
+            nbk += 1
+            nb += 1
+        list_nblocks[li] = nb
+        # transpose the list's summaries into a term-sorted dictionary
+        order = np.argsort(trip_t[:ntr], kind="mergesort")
+        dict_terms = _grow(dict_terms, nd, ntr)
+        dict_nent = _grow(dict_nent, nd, ntr)
+        ent_block = _grow(ent_block, ne, ntr)
+        ent_val = _grow(ent_val, ne, ntr)
+        prev = -1
+        nd0 = nd
+        for r in range(ntr):
+            o = order[r]
+            u = trip_t[o]
+            if u != prev:
+                dict_terms[nd] = u
+                dict_nent[nd] = 0
+                nd += 1
+                prev = u
+            dict_nent[nd - 1] += 1
+            ent_block[ne] = trip_b[o]
+            ent_val[ne] = trip_q[o]
+            ne += 1
+        list_ndict[li] = nd - nd0
+    return (list_nblocks, list_ndict, block_size[:nbk].copy(), block_docs[:npst].copy(),
+            block_scale[:nbk].copy(), dict_terms[:nd].copy(), dict_nent[:nd].copy(),
+            ent_block[:ne].copy(), ent_val[:ne].copy())

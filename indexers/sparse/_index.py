@@ -1,0 +1,325 @@
+"""SparseIndex: a Seismic-like learned-sparse index (build, save/load, search).
+
+Layout (all plain arrays, memory-mapped on load; term ids are int32 or, when the vocabulary fits,
+uint16; a list's block ids are uint16 when it has fewer than 65,536 blocks):
+
+* forward index, CSR over documents: ``fwd_ptr``, ``fwd_terms``, ``fwd_vals`` (float32, unpruned).
+  Exact scores only ever come from it.
+* posting lists cut into blocks: list ``t`` owns blocks ``list_block_ptr[t]:list_block_ptr[t+1]``,
+  block ``g`` owns documents ``block_docs[block_doc_ptr[g]:block_doc_ptr[g+1]]``.
+* block summaries stored *transposed* per list, as a term-sorted dictionary: list ``t`` owns
+  dictionary rows ``list_dict_ptr[t]:list_dict_ptr[t+1]``; row ``r`` is term ``dict_terms[r]`` with
+  entries ``dict_ent_ptr[r]:dict_ent_ptr[r+1]`` of (local block id ``ent_block``, 8-bit ``ent_val``);
+  a block's real summary value is ``ent_val x block_scale[g]``. Scoring all blocks of a list then
+  costs one sorted intersection with the query instead of one gather per summary entry.
+* optional kNN graph ``knn`` (n_docs, knn), padded with -1.
+
+Input policy: documents and queries are CSR rows over the same vocabulary. Duplicate term ids in a
+row are **summed** (scipy's canonical form), explicit zeros are dropped, and negative or non-finite
+weights are rejected (SPLADE weights are non-negative; summaries are max-based upper bounds).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _build, _search
+from ._params import SparseFormatError, SparseIndexError, SparseParams
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "trident-sparse"
+FORMAT_VERSION = 1
+PARAMS_FILE = "params.json"
+ARRAYS = (
+    "fwd_ptr", "fwd_terms", "fwd_vals", "list_block_ptr", "block_doc_ptr", "block_docs", "block_scale",
+    "list_dict_ptr", "dict_terms", "dict_ent_ptr", "ent_block", "ent_val", "knn",
+)
+_CHUNK_POSTINGS = 2_000_000
+
+
+def _default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _canonical(m: sp.spmatrix, what: str, vocab_size: int | None = None) -> sp.csr_matrix:
+    """CSR, float32 weights, sorted unique int32 term ids, no zeros; negatives rejected."""
+    if not sp.issparse(m):
+        raise SparseIndexError(f"{what} must be a scipy.sparse CSR matrix, got {type(m).__name__}")
+    m = m.tocsr()
+    if vocab_size is not None and m.shape[1] != vocab_size:
+        raise SparseIndexError(
+            f"{what} have {m.shape[1]} columns but the index vocabulary has {vocab_size}: "
+            "encode them with the same sparse encoder the index was built with")
+    if m.shape[1] > np.iinfo(np.int32).max:
+        raise SparseIndexError(f"{what}: vocabulary of {m.shape[1]} terms exceeds int32 term ids")
+    canonical = m.has_canonical_format and m.dtype == np.float32 and m.indices.dtype == np.int32
+    if not canonical:
+        m = sp.csr_matrix((m.data.astype(np.float32), m.indices.astype(np.int32), m.indptr.copy()), shape=m.shape)
+        m.sum_duplicates()
+    data = m.data
+    if data.size and (not np.isfinite(data).all() or data.min() < 0):
+        raise SparseIndexError(f"{what} contain negative or non-finite weights; SPLADE weights are >= 0")
+    if data.size and data.min() == 0:
+        m = m.copy()
+        m.eliminate_zeros()
+    return m
+
+
+class _Scratch(threading.local):
+    """Per-thread query scratch, allocated once per thread and index and reused by every query."""
+
+    def __init__(self, n_docs: int, vocab: int, max_blocks: int) -> None:
+        self.qdense = np.zeros(vocab, dtype=np.float32)
+        self.visited = np.zeros(max(n_docs, 1), dtype=np.int32)
+        self.stamp = np.zeros(1, dtype=np.int64)
+        self.bscore = np.zeros(max(max_blocks, 1), dtype=np.float32)
+        self.border = np.zeros(max(max_blocks, 1), dtype=np.int32)
+
+
+class SparseIndex:
+    """Seismic-like inverted index over learned-sparse document vectors, keyed by internal id."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], params: SparseParams, vocab_size: int) -> None:
+        self._a = arrays
+        self.params = params
+        self.vocab_size = vocab_size
+        self.n_docs = int(arrays["fwd_ptr"].shape[0] - 1)
+        lbp = arrays["list_block_ptr"]
+        self._max_blocks = int(np.diff(lbp).max()) if lbp.shape[0] > 1 else 0
+        self._scratch = _Scratch(self.n_docs, vocab_size, self._max_blocks)
+        self._no_filter = np.ones(1, dtype=np.bool_)
+        self._idx_args = tuple(arrays[n] for n in ARRAYS[:12])
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, docs: sp.spmatrix, params: SparseParams | None = None, *,
+              threads: int | None = None) -> SparseIndex:
+        """Index `docs` (rows = internal ids, columns = vocabulary term ids)."""
+        params = params or SparseParams()
+        t0 = time.perf_counter()
+        m = _canonical(docs, "documents")
+        n_docs, vocab = m.shape
+        fwd_ptr = m.indptr.astype(np.int64)
+        fwd_terms = m.indices
+        fwd_vals = m.data
+        # posting lists: CSC, pruned to the heaviest entries (per-list cap, then a global threshold)
+        csc = m.tocsc()
+        col_ptr = csc.indptr.astype(np.int64)
+        col_docs = csc.indices.astype(np.int32)
+        col_vals = csc.data
+        cap = max(1, int(params.max_fraction * params.n_postings))
+        keep = _build.cap_lists(col_ptr, col_vals, cap)
+        n_lists = int(np.count_nonzero(np.diff(col_ptr)))
+        budget = params.n_postings * n_lists
+        if int(keep.sum()) > budget:
+            kept_vals = col_vals[keep]
+            thr = np.partition(kept_vals, kept_vals.size - budget)[kept_vals.size - budget]
+            keep &= col_vals >= thr
+        kept_before = np.zeros(keep.size + 1, dtype=np.int64)
+        np.cumsum(keep, out=kept_before[1:])
+        lens = np.diff(kept_before[col_ptr])
+        post_ptr = np.zeros(vocab + 1, dtype=np.int64)
+        np.cumsum(lens, out=post_ptr[1:])
+        post_docs = col_docs[keep]
+        del csc, col_docs, col_vals, keep
+        top_t, top_v = _build.top_terms(fwd_ptr, fwd_terms, fwd_vals, params.doc_cut)
+        # blocks and summaries, chunked over lists and run on a thread pool
+        chunks: list[np.ndarray] = []
+        start, acc = 0, 0
+        for t in range(vocab):
+            acc += int(lens[t])
+            if acc >= _CHUNK_POSTINGS or t == vocab - 1:
+                chunks.append(np.arange(start, t + 1, dtype=np.int64))
+                start, acc = t + 1, 0
+
+        def run(lists: np.ndarray):  # noqa: ANN202
+            return _build.build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v,
+                                      vocab, params.centroid_fraction, params.summary_energy, params.seed)
+
+        with ThreadPoolExecutor(threads or _default_threads()) as pool:
+            parts = list(pool.map(run, chunks))
+        list_nblocks = np.concatenate([p[0] for p in parts]) if parts else np.zeros(vocab, np.int64)
+        list_ndict = np.concatenate([p[1] for p in parts]) if parts else np.zeros(vocab, np.int64)
+        block_size = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
+        arrays: dict[str, np.ndarray] = {
+            "fwd_ptr": fwd_ptr, "fwd_terms": fwd_terms, "fwd_vals": fwd_vals,
+            "list_block_ptr": _offsets(list_nblocks),
+            "block_doc_ptr": _offsets(block_size),
+            "block_docs": _cat([p[3] for p in parts], np.int32),
+            "block_scale": _cat([p[4] for p in parts], np.float32),
+            "list_dict_ptr": _offsets(list_ndict),
+            "dict_terms": _cat([p[5] for p in parts], np.int32),
+            "dict_ent_ptr": _offsets(_cat([p[6] for p in parts], np.int64)),
+            "ent_block": _cat([p[7] for p in parts], np.int32),
+            "ent_val": _cat([p[8] for p in parts], np.uint8),
+            "knn": np.zeros((n_docs, 0), dtype=np.int32),
+        }
+        _narrow(arrays, vocab)
+        index = cls(arrays, params, vocab)
+        if params.knn > 0:
+            index._a["knn"] = index._build_knn(m, params.knn, threads)
+        log.info("sparse index: %d docs, %d postings, %d blocks, %d summary entries, built in %.1fs",
+                 n_docs, post_docs.size, block_size.size, arrays["ent_val"].size, time.perf_counter() - t0)
+        return index
+
+    def _build_knn(self, docs: sp.csr_matrix, n: int, threads: int | None) -> np.ndarray:
+        """Each document's n nearest neighbours (itself excluded), found with the index itself."""
+        ids, _ = self.batch_search(docs, n + 1, n_knn=0, threads=threads)
+        own = ids == np.arange(self.n_docs)[:, None]
+        out = np.full((self.n_docs, n), -1, dtype=np.int32)
+        for i in range(self.n_docs):  # drop the document itself, keep order
+            row = ids[i][~own[i]]
+            row = row[row >= 0][:n]
+            out[i, : row.size] = row
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write plain .npy arrays plus params.json (format name and version) into `path`."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ARRAYS:
+            np.save(out / f"{name}.npy", np.ascontiguousarray(self._a[name]), allow_pickle=False)
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "n_docs": self.n_docs,
+                "vocab_size": self.vocab_size, "params": self.params.to_dict()}
+        (out / PARAMS_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], mmap: bool = True) -> SparseIndex:
+        """Open a saved index; arrays are memory-mapped unless ``mmap=False``."""
+        src = Path(path)
+        pfile = src / PARAMS_FILE
+        if not pfile.is_file():
+            raise SparseFormatError(f"{src} is not a sparse index directory: {PARAMS_FILE} is missing")
+        try:
+            meta = json.loads(pfile.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise SparseFormatError(f"{pfile} is not valid JSON ({e}); rebuild the index") from e
+        if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
+            raise SparseFormatError(
+                f"{src} holds sparse index format {meta.get('format')!r} version {meta.get('format_version')!r}, "
+                f"but this Trident reads {FORMAT_NAME!r} version {FORMAT_VERSION}: rebuild the index with this version")
+        arrays = {}
+        for name in ARRAYS:
+            f = src / f"{name}.npy"
+            if not f.is_file():
+                raise SparseFormatError(f"{src}: array file {f.name} is missing; rebuild the index")
+            arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if arrays["fwd_ptr"].shape[0] - 1 != meta["n_docs"]:
+            raise SparseFormatError(f"{src}: forward index has {arrays['fwd_ptr'].shape[0] - 1} docs, "
+                                    f"params.json says {meta['n_docs']}; the directory is corrupt")
+        return cls(arrays, SparseParams.from_dict(meta["params"]), int(meta["vocab_size"]))
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: sp.spmatrix, k: int = 10, *, query_cut: int | None = None,
+               heap_factor: float | None = None, exact: bool = False, n_knn: int | None = None,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (internal ids int64, scores float32), best first, for a 1-row query.
+
+        Fewer than k results come back when fewer documents share a term with the query (or pass
+        `allowed`); documents with score 0 are never returned.
+        """
+        q = _canonical(query, "queries", self.vocab_size)
+        if q.shape[0] != 1:
+            raise SparseIndexError(f"search takes a 1-row query matrix, got {q.shape[0]} rows; use batch_search")
+        ids, scores = self._run(q, k, query_cut, heap_factor, exact, n_knn, allowed, threads=1)
+        n = int(np.count_nonzero(ids[0] >= 0))
+        return ids[0, :n], scores[0, :n]
+
+    def batch_search(self, queries: sp.spmatrix, k: int = 10, *, query_cut: int | None = None,
+                     heap_factor: float | None = None, exact: bool = False, n_knn: int | None = None,
+                     allowed: np.ndarray | None = None,
+                     threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of every query row: ids (n, k) int64 padded with -1, scores (n, k) float32 (0-padded).
+
+        Queries run in parallel on `threads` threads (default: CPU count), each single-threaded.
+        """
+        q = _canonical(queries, "queries", self.vocab_size)
+        return self._run(q, k, query_cut, heap_factor, exact, n_knn, allowed, threads or _default_threads())
+
+    def _run(self, q: sp.csr_matrix, k: int, query_cut: int | None, heap_factor: float | None, exact: bool,
+             n_knn: int | None, allowed: np.ndarray | None, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        if k < 1:
+            raise SparseIndexError(f"k must be >= 1, got {k}")
+        p = self.params
+        qc = p.query_cut if query_cut is None else int(query_cut)
+        hf = p.heap_factor if heap_factor is None else float(heap_factor)
+        nk = p.n_knn if n_knn is None else int(n_knn)
+        if qc < 1 or not hf >= 0 or nk < 0:
+            raise SparseIndexError(f"need query_cut >= 1, heap_factor >= 0, n_knn >= 0; got {qc}, {hf}, {nk}")
+        use_allowed = allowed is not None
+        if use_allowed:
+            allowed = np.asarray(allowed)
+            if allowed.dtype != np.bool_ or allowed.shape != (self.n_docs,):
+                raise SparseIndexError(f"allowed must be a bool array of shape ({self.n_docs},), "
+                                       f"got {allowed.dtype} {allowed.shape}")
+        else:
+            allowed = self._no_filter
+        nq = q.shape[0]
+        out_ids = np.empty((nq, k), dtype=np.int64)
+        out_scores = np.empty((nq, k), dtype=np.float32)
+        q_ptr = q.indptr.astype(np.int64, copy=False)
+        kk = min(k, max(self.n_docs, 1))  # the heap never needs more than n_docs slots
+
+        def work(a: int, b: int) -> None:
+            s = self._scratch
+            if exact:
+                _search.exact_range(q_ptr, q.indices, q.data, a, b, kk, self._a["fwd_ptr"], self._a["fwd_terms"],
+                                    self._a["fwd_vals"], allowed, use_allowed, s.qdense,
+                                    out_ids[:, :kk], out_scores[:, :kk])
+            else:
+                _search.search_range(q_ptr, q.indices, q.data, a, b, kk, qc, hf, nk, *self._idx_args,
+                                     self._a["knn"], allowed, use_allowed, s.qdense, s.visited, s.stamp,
+                                     s.bscore, s.border, out_ids[:, :kk], out_scores[:, :kk])
+
+        n_threads = max(1, min(threads, nq))
+        if n_threads == 1:
+            work(0, nq)
+        else:
+            bounds = np.linspace(0, nq, n_threads * 4 + 1).astype(int)
+            with ThreadPoolExecutor(n_threads) as pool:
+                list(pool.map(work, bounds[:-1], bounds[1:]))
+        if kk < k:
+            out_ids[:, kk:] = -1
+            out_scores[:, kk:] = 0.0
+        return out_ids, out_scores
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all index arrays (what `save` writes, less the JSON)."""
+        return int(sum(self._a[n].nbytes for n in ARRAYS))
+
+    def stats(self) -> dict[str, int]:
+        a = self._a
+        return {"n_docs": self.n_docs, "vocab_size": self.vocab_size, "nnz": int(a["fwd_terms"].size),
+                "postings": int(a["block_docs"].size), "blocks": int(a["block_scale"].size),
+                "summary_entries": int(a["ent_val"].size), "bytes": self.nbytes}
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+
+
+def _narrow(arrays: dict[str, np.ndarray], vocab: int) -> None:
+    """Use uint16 term ids and local block ids where they fit: less memory traffic per query."""
+    if vocab <= 65536:
+        arrays["fwd_terms"] = arrays["fwd_terms"].astype(np.uint16)
+        arrays["dict_terms"] = arrays["dict_terms"].astype(np.uint16)
+    if arrays["ent_block"].size == 0 or arrays["ent_block"].max() < 65536:
+        arrays["ent_block"] = arrays["ent_block"].astype(np.uint16)

@@ -1,0 +1,73 @@
+"""Build and search parameters of the learned-sparse index, validated once."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+class SparseIndexError(ValueError):
+    """A sparse index that cannot be built, loaded or searched as asked."""
+
+
+class SparseFormatError(SparseIndexError):
+    """A saved sparse index whose files are missing or of another format version."""
+
+
+@dataclass(frozen=True, slots=True)
+class SparseParams:
+    """Seismic parameters (Bruch et al., SIGIR 2024), names as in the paper and pyseismic-lsr.
+
+    Build time:
+      * ``n_postings``: average length of the kept (pruned) posting lists. A global weight threshold
+        keeps ``n_postings x (number of non-empty lists)`` postings in total.
+      * ``max_fraction``: no list keeps more than ``max_fraction x n_postings`` postings (its heaviest).
+      * ``centroid_fraction``: each list is cut into about ``centroid_fraction x length`` blocks,
+        clustered around random members of the list.
+      * ``doc_cut``: a document is assigned to the centroid with the highest dot product over the
+        document's ``doc_cut`` heaviest terms (cheap and good enough for clustering).
+      * ``summary_energy``: a block summary (component-wise max of its documents) keeps its heaviest
+        entries up to this fraction of its L1 mass, quantised to 8 bits with one scale per block.
+      * ``knn``: neighbours stored per document for kNN refinement (0 = no graph).
+      * ``seed``: centroid sampling is deterministic given the seed.
+    Search time (defaults, overridable per call):
+      * ``query_cut``: only the lists of the ``query_cut`` heaviest query terms are traversed.
+      * ``heap_factor``: once the top-k heap is full, a block is skipped when its summary score is
+        below ``heap_factor x`` the k-th best score (1.0 skips most, 0.0 skips nothing).
+      * ``n_knn``: neighbours of each result that are scored after the main pass (needs ``knn``).
+    """
+
+    n_postings: int = 1000
+    max_fraction: float = 1.5
+    centroid_fraction: float = 0.1
+    summary_energy: float = 0.4
+    doc_cut: int = 15
+    knn: int = 0
+    seed: int = 0
+    query_cut: int = 10
+    heap_factor: float = 0.8
+    n_knn: int = 0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise SparseIndexError(f"SparseParams.{name}={getattr(self, name)!r}: must be {rule}")
+
+        need(self.n_postings >= 1, "n_postings", ">= 1")
+        need(math.isfinite(self.max_fraction) and self.max_fraction > 0, "max_fraction", "> 0")
+        need(0 < self.centroid_fraction <= 1, "centroid_fraction", "in (0, 1]")
+        need(0 < self.summary_energy <= 1, "summary_energy", "in (0, 1]")
+        need(self.doc_cut >= 1, "doc_cut", ">= 1")
+        need(self.knn >= 0, "knn", ">= 0")
+        need(self.query_cut >= 1, "query_cut", ">= 1")
+        need(math.isfinite(self.heap_factor) and self.heap_factor >= 0, "heap_factor", ">= 0")
+        need(self.n_knn >= 0, "n_knn", ">= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SparseParams:
+        """Rebuild from saved JSON, ignoring unknown keys so older readers fail only on versions."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
