@@ -25,7 +25,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
@@ -89,6 +89,21 @@ class BuildConfig:
                 raise BuildError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise BuildError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if "sparse" in self.retrievers:
+            self.sparse_index_params()  # fail before any work on a bad sparse parameter
+
+    def sparse_index_params(self) -> Any:
+        """``SparseParams`` from ``sparse_params``; unknown names are an error listing the valid ones."""
+        from indexers.sparse import SparseIndexError, SparseParams
+
+        valid = [f.name for f in fields(SparseParams)]
+        unknown = sorted(set(self.sparse_params) - set(valid))
+        if unknown:
+            raise BuildError(f"unknown sparse parameters {unknown}; valid: {', '.join(valid)}")
+        try:
+            return SparseParams(**self.sparse_params)
+        except (SparseIndexError, TypeError) as exc:
+            raise BuildError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -360,9 +375,9 @@ class _Job:
     def _sparse_index(self) -> None:
         if self._done("sparse index"):
             return
-        from indexers.sparse import SparseIndex, SparseParams
+        from indexers.sparse import SparseIndex
 
-        params = SparseParams(**self.config.sparse_params)
+        params = self.config.sparse_index_params()
         shards = ShardStore(self.work / CHECKPOINTS / "sparse", "sparse")
         partial, final = self.work / "sparse.partial", self.work / "sparse"
         for p in (partial, final):
@@ -373,7 +388,7 @@ class _Job:
             SparseIndex.build(matrix, params).save(partial)
             tick.update(matrix.shape[0])
         os.replace(partial, final)
-        self.state["sparse_params"] = asdict(params) if is_dataclass(params) else dict(self.config.sparse_params)
+        self.state["sparse_params"] = asdict(params)
         self._mark("sparse index")
 
     def _dense_index(self) -> None:
