@@ -1,0 +1,129 @@
+"""``trident serve`` and ``trident search``: registered on the ``trident`` command by ``service.cli``.
+
+Heavy imports (uvicorn, Lucene, FAISS, encoders) happen inside the functions, so ``trident --help``
+stays fast.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    index: Path = typer.Option(Path("indexes/demo"), "--index", envvar="TRIDENT_INDEX",
+                               help="Index directory built by `trident index build`."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    workers: int = typer.Option(1, min=1, help="Worker processes; each loads its own copy of the index."),
+    api_key: str | None = typer.Option(None, envvar="TRIDENT_API_KEY",
+                                       help="Require this key in the X-API-Key header on /v1/*."),
+    query_backend: str = typer.Option("onnx", envvar="TRIDENT_QUERY_BACKEND",
+                                      help="Query encoder backend: onnx (int8, fast) or torch."),
+) -> None:
+    """Serve an index over HTTP (docs at /docs). Starts even without an index; /readyz says why."""
+    import uvicorn
+
+    # Settings travel by environment so every worker process reads the same ones.
+    os.environ["TRIDENT_INDEX"] = str(index)
+    os.environ["TRIDENT_QUERY_BACKEND"] = query_backend
+    if api_key:
+        os.environ["TRIDENT_API_KEY"] = api_key
+    from service.config import Settings
+
+    try:
+        Settings()
+    except Exception as exc:  # pydantic ValidationError: a bad TRIDENT_* variable
+        raise typer.BadParameter(str(exc)) from None
+    if not (index / "manifest.json").is_file():
+        log.error("no index at %s: the server starts, but /readyz and searches answer 503 until one is "
+                  "built (`trident index build --corpus <BEIR folder> --out %s`)", index, index)
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level=os.environ.get("TRIDENT_LOG_LEVEL", "info"))
+
+
+def _parse_filters(items: list[str]) -> dict[str, Any]:
+    """``field=value`` pairs; a value is read as JSON when it parses (2020, true), else a string;
+    a field given twice means "one of"."""
+    filters: dict[str, Any] = {}
+    for item in items:
+        field, sep, raw = item.partition("=")
+        if not sep or not field:
+            raise typer.BadParameter(f"filter {item!r} must look like field=value", param_hint="--filter")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if field in filters:
+            prev = filters[field]
+            filters[field] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            filters[field] = value
+    return filters
+
+
+def search(
+    query: str = typer.Argument(..., help="Query text."),
+    index: Path = typer.Option(Path("indexes/demo"), "--index", envvar="TRIDENT_INDEX"),
+    mode: str = typer.Option("hybrid", help="bm25 | sparse | dense | hybrid"),
+    k: int = typer.Option(10, "-k", "--k", min=1),
+    offset: int = typer.Option(0, min=0),
+    fusion: str | None = typer.Option(None, help="rrf | interpolation (default: the index's)."),
+    filter_: list[str] = typer.Option([], "--filter", help="Metadata filter field=value; repeat it."),
+    explain: bool = typer.Option(False, help="Show each retriever's rank and score."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON response instead of a table."),
+    query_backend: str = typer.Option("onnx", help="Query encoder backend: onnx or torch."),
+) -> None:
+    """Search an index once, in-process, and print a table (no server needed)."""
+    from pydantic import ValidationError
+    from rich.console import Console
+    from rich.table import Table
+
+    from service.engine import Engine
+    from service.errors import TridentError
+    from service.schemas import SearchRequest
+
+    body: dict[str, Any] = {"query": query, "mode": mode, "k": k, "offset": offset, "explain": explain,
+                            "filters": _parse_filters(filter_), "include_text": False}
+    if fusion:
+        body["fusion"] = {"method": fusion}
+    try:
+        request = SearchRequest.model_validate(body)
+        engine = Engine.load(index, query_backend=query_backend)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise typer.BadParameter(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    except TridentError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    try:
+        response = engine.search(request)
+    except TridentError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.close()
+    if as_json:
+        typer.echo(response.model_dump_json(indent=2))
+        return
+    table = Table(title=f"{query!r} ({response.mode}, {response.total} candidates)")
+    for col in ("rank", "id", "score", "title"):
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    if explain:
+        for r in response.retrievers:
+            table.add_column(f"{r} rank", justify="right")
+    for hit in response.hits:
+        row = [str(hit.rank), hit.id, f"{hit.score:.4f}", hit.title[:70]]
+        if explain and hit.explain:
+            row += [str(hit.explain[r].rank or "-") for r in response.retrievers]
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    timings = ", ".join(f"{s} {ms:.1f}" for s, ms in response.timings_ms.items())
+    console.print(f"timings (ms): {timings}")
