@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -454,7 +455,10 @@ def _encode_by_length(
     parts = []
     for start in range(0, len(texts), chunk):
         idx = order[start : start + chunk]
-        parts.append(encode([texts[j] for j in idx]))
+        batch = [texts[j] for j in idx]
+        began = time.perf_counter()
+        parts.append(encode(batch))
+        tick.model_seconds += time.perf_counter() - began
         tick.update(len(idx))
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))

@@ -26,6 +26,7 @@ class StageTicker:
     bar: tqdm | None
     log_every_s: float
     done: int = 0
+    model_seconds: float = 0.0  # time spent inside an encoder, so pipeline overhead can be measured
     start: float = field(default_factory=time.perf_counter)
     _last_log: float = field(default_factory=time.perf_counter)
 
@@ -49,7 +50,7 @@ class StageTicker:
 
 
 class Progress:
-    """Creates stage tickers and keeps their timings: ``{stage: {docs, seconds, docs_per_s}}``."""
+    """Creates stage tickers and keeps their timings: ``{stage: {docs, seconds, docs_per_s[, model_seconds]}}``."""
 
     def __init__(self, *, tty: bool | None = None, log_every_s: float = 10.0) -> None:
         self.tty = sys.stderr.isatty() if tty is None else tty
@@ -72,4 +73,6 @@ class Progress:
             "seconds": round(seconds, 3),
             "docs_per_s": round(ticker.done / seconds, 1) if seconds > 0 else 0.0,
         }
+        if ticker.model_seconds:
+            self.stages[name]["model_seconds"] = round(ticker.model_seconds, 3)
         log.info("%s: done, %s in %.1fs", name, ticker.status(), seconds)
