@@ -113,8 +113,7 @@ class SparseEncoder:
         if self._onnx is None:
             rows = self._encode_torch(items, document=False)
         else:
-            rows = sp.csr_matrix(self._onnx.encode(items), dtype=np.float32)
-            rows.sort_indices()
+            rows = _dense_to_csr(self._onnx.encode(items))
         return prune_top_k(rows, self.query_top_k)
 
     def decode(self, row: sp.csr_matrix) -> list[tuple[str, float]]:
@@ -152,6 +151,15 @@ def prune_top_k(rows: sp.csr_matrix, k: int | None) -> sp.csr_matrix:
     indptr = np.zeros(rows.shape[0] + 1, dtype=rows.indptr.dtype)
     np.cumsum(np.minimum(counts, k), out=indptr[1:])
     return sp.csr_matrix((rows.data[keep], rows.indices[keep], indptr), shape=rows.shape)
+
+
+def _dense_to_csr(rows: np.ndarray) -> sp.csr_matrix:
+    """Positive entries of a dense float32 batch as canonical CSR (``np.nonzero`` walks rows in order)."""
+    positive = rows > 0
+    indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+    np.cumsum(positive.sum(axis=1), out=indptr[1:])
+    row_ids, cols = np.nonzero(positive)
+    return sp.csr_matrix((rows[row_ids, cols].astype(np.float32), cols, indptr), shape=rows.shape)
 
 
 def _torch_sparse_to_csr(embeddings: torch.Tensor, width: int) -> sp.csr_matrix:

@@ -1,0 +1,109 @@
+"""Encoder speed on scifact: document throughput (torch) and single-query latency, torch vs int8 ONNX.
+
+    python benchmarks/encoding.py [--data ../shared/data/beir/scifact] [--docs 300] [--queries 100]
+
+For each default encoder (SPLADE-tiny, all-MiniLM-L6-v2) it encodes the first ``--docs`` corpus documents
+with torch (``--threads`` threads, batch 32) and times every test query one at a time on one thread with both
+query backends, alternating torch and ONNX per query so machine load hits them alike. The torch query path is
+the anchor: the table shows ONNX/torch latency ratios, plus how well ONNX preserves the top-10 ranking of the
+sampled documents (mean overlap with torch's top 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoders import DenseEncoder, SparseEncoder, document_text
+from eval.beir import BeirDataset
+from indexers.corpus import iter_corpus
+
+log = logging.getLogger("benchmarks.encoding")
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+TOP = 10
+
+
+def _scores(queries: Any, docs: Any) -> np.ndarray:
+    product = queries @ docs.T
+    return product.toarray() if hasattr(product, "toarray") else np.asarray(product)
+
+
+def _top_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean share of torch's top-10 documents that ONNX also ranks in its top 10."""
+    top_a = np.argsort(-a, axis=1, kind="stable")[:, :TOP]
+    top_b = np.argsort(-b, axis=1, kind="stable")[:, :TOP]
+    return float(np.mean([len(set(x) & set(y)) / TOP for x, y in zip(top_a, top_b)]))
+
+
+def bench(kind: str, docs: list[str], queries: list[str], threads: int) -> dict[str, Any]:
+    cls = SparseEncoder if kind == "sparse" else DenseEncoder
+    torch_enc = cls(device="cpu", threads=threads)
+    start = time.perf_counter()
+    doc_vectors = torch_enc.encode_documents(docs)
+    docs_per_s = len(docs) / (time.perf_counter() - start)
+
+    query_torch = cls(device="cpu", threads=1)
+    query_onnx = cls(device="cpu", threads=1, backend="onnx")
+    for encoder in (query_torch, query_onnx):
+        encoder.encode_queries(queries[:3])  # warm-up: first calls allocate
+    times: dict[str, list[float]] = {"torch": [], "onnx": []}
+    for query in queries:
+        for name, encoder in (("torch", query_torch), ("onnx", query_onnx)):
+            start = time.perf_counter()
+            encoder.encode_queries([query])
+            times[name].append(time.perf_counter() - start)
+    exact = _scores(query_torch.encode_queries(queries), doc_vectors)
+    fast = _scores(query_onnx.encode_queries(queries), doc_vectors)
+    row: dict[str, Any] = {"encoder": f"{kind} {torch_enc.name}", "docs_per_s": docs_per_s}
+    for name, values in times.items():
+        row[f"{name}_p50"] = statistics.median(values) * 1e3
+        row[f"{name}_p95"] = float(np.percentile(values, 95)) * 1e3
+    row["ratio"] = row["onnx_p50"] / row["torch_p50"]
+    row["overlap"] = _top_overlap(exact, fast)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (scifact)")
+    parser.add_argument("--docs", type=int, default=300, help="documents to encode")
+    parser.add_argument("--queries", type=int, default=100, help="test queries to time")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for documents")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    data = BeirDataset.open(args.data)
+    docs = [document_text(doc.title, doc.text) for doc in islice(iter_corpus(data.root), args.docs)]
+    queries = list(data.queries("test").values())[: args.queries]
+    rows = [bench(kind, docs, queries, args.threads) for kind in ("sparse", "dense")]
+
+    out = sys.stdout
+    out.write(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}; {len(docs)} docs, {len(queries)} queries, "
+        f"documents on {args.threads} torch threads, queries on 1 thread\n\n"
+    )
+    out.write(
+        "| encoder | docs/s (torch) | query p50 torch ms | query p50 onnx ms | onnx/torch p50 "
+        "| p95 torch ms | p95 onnx ms | top-10 overlap |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    for r in rows:
+        out.write(
+            f"| {r['encoder']} | {r['docs_per_s']:.1f} | {r['torch_p50']:.2f} | {r['onnx_p50']:.2f} "
+            f"| {r['ratio']:.3f} | {r['torch_p95']:.2f} | {r['onnx_p95']:.2f} | {r['overlap']:.3f} |\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
