@@ -1,0 +1,155 @@
+"""Write an evaluation to disk: report.md, report.json, a PNG chart and one TREC run file per mode.
+
+TREC run files use the six-column format trec_eval reads (``qid Q0 docid rank score tag``), so the
+runs can be checked with any standard tool; :func:`read_trec_run` reads them back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from eval.results import EvalResult, Run
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("ndcg@10", "recall@100", "map@100", "mrr@10")
+
+
+class RunFileError(ValueError):
+    """A TREC run file line that is not ``qid Q0 docid rank score tag``."""
+
+
+def write_trec_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str) -> None:
+    """One line per hit, best first within each query (score descending, then docid)."""
+    if not tag or any(c.isspace() for c in tag):
+        raise ValueError(f"a run tag must be one word, got {tag!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for qid in sorted(run):
+            ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))
+            for rank, (docid, score) in enumerate(ranked, start=1):
+                fh.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+
+
+def read_trec_run(path: Path) -> Run:
+    """Read a six-column TREC run into qid -> docid -> score."""
+    run: Run = {}
+    with Path(path).open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            cols = line.split()
+            if len(cols) != 6:
+                raise RunFileError(f"{path}:{lineno}: expected 6 columns, got {len(cols)}")
+            qid, _, docid, rank, score, _ = cols
+            try:
+                int(rank)
+                value = float(score)
+            except ValueError:
+                raise RunFileError(f"{path}:{lineno}: rank/score not numeric: {line.strip()!r}") from None
+            run.setdefault(qid, {})[docid] = value
+    return run
+
+
+def write_report(result: EvalResult, out: Path) -> list[Path]:
+    """Write every artefact under ``out``; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for mode in result.modes:
+        path = out / "runs" / f"{mode.mode}.trec"
+        write_trec_run(mode.run, path, tag=f"trident-{mode.mode}")
+        written.append(path)
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    md_path = out / "report.md"
+    md_path.write_text(markdown(result))
+    png_path = out / "ndcg10.png"
+    plot_ndcg(result, png_path)
+    written += [json_path, md_path, png_path]
+    log.info("report written to %s", out)
+    return written
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def markdown(result: EvalResult) -> str:
+    """The human report: our modes and the published rows in one table, then settings."""
+    lines = [
+        f"# BEIR {result.dataset} ({result.split}): Trident evaluation",
+        "",
+        f"{result.queries} judged queries. Index: `{result.index}`."
+        + (f" Index build time: {result.build_seconds:.0f} s." if result.build_seconds else ""),
+        "",
+        "| system | " + " | ".join(METRIC_COLUMNS) + " | p50 ms | p99 ms |",
+        "|---|" + "---:|" * (len(METRIC_COLUMNS) + 2),
+    ]
+    for m in result.modes:
+        cells = [_fmt(m.metrics.get(c)) for c in METRIC_COLUMNS]
+        lat = [f"{m.latency_ms.get('p50', 0):.1f}", f"{m.latency_ms.get('p99', 0):.1f}"]
+        lines.append(f"| **Trident {m.mode}** | " + " | ".join(cells + lat) + " |")
+    for i, ref in enumerate(result.references, start=1):
+        cells = [_fmt(ref["metrics"].get(c)) for c in METRIC_COLUMNS]
+        lines.append(f"| {ref['system']} [{i}] | " + " | ".join(cells) + " |  |  |")
+    lines += ["", "Metrics by pytrec_eval (trec_eval semantics, BEIR's ignore_identical_ids).",
+              "Latency is per query, in process, one query at a time, encoding included.", ""]
+    fused = [m for m in result.modes if m.settings]
+    if fused:
+        lines += ["## Fusion settings", ""]
+        for m in fused:
+            lines.append(f"- `{m.mode}`: `{json.dumps(m.settings, sort_keys=True)}`")
+        lines.append("")
+    if result.tuning:
+        t = result.tuning
+        lines += [
+            "## Tuning",
+            "",
+            f"Grid search on the **{t['split']}** split ({t['queries']} queries, objective "
+            f"{t['metric']}, {t['trials']} settings); the test split was never used for tuning.",
+            "",
+        ]
+        for method, score in t["best_score"].items():
+            lines.append(f"- best {method} on {t['split']}: {score:.4f} with `{json.dumps(t['best'][method], sort_keys=True)}`")
+        lines.append("")
+    if result.references:
+        lines += ["## Sources of the published rows", ""]
+        for i, ref in enumerate(result.references, start=1):
+            note = f" ({ref['note']})" if ref.get("note") else ""
+            lines.append(f"{i}. {ref['system']}: {ref['source']}{note}")
+        lines.append("")
+    if result.info:
+        lines += ["## Run", "", "```", *(f"{k}: {v}" for k, v in result.info.items()), "```", ""]
+    return "\n".join(lines)
+
+
+def plot_ndcg(result: EvalResult, path: Path) -> None:
+    """Horizontal bars of nDCG@10: our modes in colour, published rows in grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"Trident {m.mode}", m.metrics.get("ndcg@10", 0.0), True) for m in result.modes]
+    rows += [
+        (r["system"], r["metrics"]["ndcg@10"], False)
+        for r in result.references
+        if "ndcg@10" in r["metrics"]
+    ]
+    rows.sort(key=lambda r: r[1])
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.4), dpi=110)
+    colours = ["tab:blue" if ours else "0.7" for _, _, ours in rows]
+    bars = ax.barh([r[0] for r in rows], [r[1] for r in rows], color=colours)
+    for bar, (_, value, _) in zip(bars, rows, strict=True):
+        ax.text(value + 0.004, bar.get_y() + bar.get_height() / 2, f"{value:.4f}",
+                va="center", fontsize=8)
+    low = min((r[1] for r in rows), default=0.0)
+    ax.set_xlim(max(0.0, low - 0.1), min(1.0, max((r[1] for r in rows), default=1.0) + 0.06))
+    ax.set_xlabel("nDCG@10")
+    ax.set_title(f"BEIR {result.dataset} {result.split}: nDCG@10 (blue: Trident, grey: published)")
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

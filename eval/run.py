@@ -1,0 +1,166 @@
+"""Run retrieval modes of ``service.engine.Engine`` in process over a BEIR split, and tune fusion.
+
+The engine is the one the server runs, called with the same ``SearchRequest`` models, so the
+numbers describe the served code. Each query is one ``Engine.search`` call timed on its own, which
+gives honest per-query latency (encoding, retrieval, fusion and docstore fetch included).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eval.metrics import evaluate
+from eval.results import ModeResult, Run, latency_summary
+from eval.tuning import RetrieverRuns, TuningResult, manifest_fusion, tune, write_manifest_fusion
+from indexers.hits import Hit
+from service.schemas import FusionOptions, RetrieverOptions, SearchRequest
+
+if TYPE_CHECKING:
+    from service.engine import Engine
+
+log = logging.getLogger(__name__)
+
+EQUAL_WEIGHT = 1.0
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked (unknown mode, missing retriever, bad split)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """A named way to search: which retrievers it needs and how to build its request."""
+
+    name: str
+    needs: tuple[str, ...]
+    request: Callable[[str, int, Sequence[str]], SearchRequest]
+    tuned: bool = False
+
+
+def _single(retriever: str, **options: Any) -> Callable[[str, int, Sequence[str]], SearchRequest]:
+    def build(query: str, k: int, _: Sequence[str]) -> SearchRequest:
+        extra = {retriever: RetrieverOptions(**options)} if options else {}
+        return SearchRequest(query=query, mode=retriever, k=k, include_text=False, **extra)
+
+    return build
+
+
+def _hybrid(method: str, *, untuned: bool) -> Callable[[str, int, Sequence[str]], SearchRequest]:
+    """Untuned: equal weights, RRF k=60 / min-max given explicitly, so a tuned manifest can't leak in.
+
+    Tuned: only the method is given; weights, k and normalisation come from the manifest.
+    """
+
+    def build(query: str, k: int, retrievers: Sequence[str]) -> SearchRequest:
+        if not untuned:
+            return SearchRequest(query=query, mode="hybrid", k=k, include_text=False,
+                                 fusion=FusionOptions(method=method))
+        fusion = (FusionOptions(method="rrf", rrf_k=60.0) if method == "rrf"
+                  else FusionOptions(method="interpolation", normalization="minmax"))
+        weights = {r: RetrieverOptions(weight=EQUAL_WEIGHT) for r in retrievers}
+        return SearchRequest(query=query, mode="hybrid", k=k, include_text=False,
+                             fusion=fusion, **weights)
+
+    return build
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("bm25", ("bm25",), _single("bm25")),
+        Mode("sparse", ("sparse",), _single("sparse")),
+        Mode("sparse-exact", ("sparse",), _single("sparse", exact=True)),
+        Mode("dense", ("dense",), _single("dense")),
+        Mode("rrf", ("bm25", "sparse", "dense"), _hybrid("rrf", untuned=True)),
+        Mode("interpolation", ("bm25", "sparse", "dense"), _hybrid("interpolation", untuned=True)),
+        Mode("rrf-tuned", ("bm25", "sparse", "dense"), _hybrid("rrf", untuned=False), tuned=True),
+        Mode("interpolation-tuned", ("bm25", "sparse", "dense"),
+             _hybrid("interpolation", untuned=False), tuned=True),
+    )
+}
+DEFAULT_MODES = ("bm25", "sparse", "sparse-exact", "dense", "rrf", "interpolation")
+
+
+def parse_modes(spec: str) -> list[str]:
+    """``"bm25,dense"`` -> ["bm25", "dense"]; unknown names are an error listing the known ones."""
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODES]
+    if unknown or not names:
+        raise EvalError(f"unknown modes {unknown or spec!r}; choose from {', '.join(MODES)}")
+    return list(dict.fromkeys(names))
+
+
+def check_modes(modes: Sequence[str], available: Sequence[str]) -> None:
+    """Fail before any work when the index lacks a retriever a mode needs.
+
+    Hybrid modes fuse the retrievers the index has, so they need at least two of them.
+    """
+    for name in modes:
+        mode = MODES[name]
+        if len(mode.needs) == 1 and mode.needs[0] not in available:
+            raise EvalError(f"mode {name} needs the {mode.needs[0]} retriever; this index has "
+                            f"{', '.join(available)}")
+        if len(mode.needs) > 1 and len(available) < 2:
+            raise EvalError(f"mode {name} fuses retrievers; this index has only {', '.join(available)}")
+
+
+def run_mode(
+    engine: Engine, mode: str, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
+    *, k: int = 100,
+) -> ModeResult:
+    """Search every query one at a time, time each call, and score the run."""
+    build = MODES[mode].request
+    run: Run = {}
+    seconds: list[float] = []
+    settings: dict[str, Any] = {}
+    for qid, text in queries.items():
+        request = build(text, k, engine.retrievers)
+        start = time.perf_counter()
+        response = engine.search(request)
+        seconds.append(time.perf_counter() - start)
+        run[qid] = {h.id: h.score for h in response.hits}
+        if response.fusion is not None and not settings:
+            settings = response.fusion.model_dump()
+    metrics = evaluate(qrels, run)
+    lat = latency_summary(seconds)
+    log.info("%-20s ndcg@10 %.4f  recall@100 %.4f  p50 %.1f ms", mode, metrics["ndcg@10"],
+             metrics["recall@100"], lat["p50"])
+    return ModeResult(mode, metrics, lat, run, settings)
+
+
+def retrieve_lists(
+    engine: Engine, queries: Mapping[str, str], depth: int = 100
+) -> RetrieverRuns:
+    """Each retriever's top ``depth`` for every query, retrieved once (the input to tuning)."""
+    names = list(engine.retrievers)
+    runs: dict[str, dict[str, list[Hit]]] = {r: {} for r in names}
+    for qid, text in queries.items():
+        for r, result in engine.retrieve(text, names, {r: depth for r in names}).items():
+            runs[r][qid] = result.hits
+    return runs
+
+
+def tune_fusion(
+    engine: Engine, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
+    *, split: str, index_dir: Path, depth: int = 100,
+) -> TuningResult:
+    """Grid-search fusion on a tuning split and write the winners into the index manifest."""
+    start = time.perf_counter()
+    lists = retrieve_lists(engine, queries, depth)
+    log.info("tuning: retrieved %d queries x %d retrievers in %.0f s", len(queries),
+             len(lists), time.perf_counter() - start)
+    result = tune(lists, qrels, split=split)
+    write_manifest_fusion(index_dir, manifest_fusion(result))
+    log.info("tuning: best %s written to %s/manifest.json", result.best_score, index_dir)
+    return result
+
+
+def build_seconds(manifest: Any) -> float | None:
+    """Total build time recorded by the index build (sum of its stages), if it recorded any."""
+    stages = getattr(manifest, "stages", None) or {}
+    total = sum(float(s.get("seconds", 0.0)) for s in stages.values())
+    return total or None
