@@ -95,5 +95,9 @@ class ShardedManifest:
             raise ManifestError(f"{directory} lacks shard directories {missing}; rebuild the index")
         return manifest
 
+    @property
+    def retrievers(self) -> list[str]:
+        return list(self.params["retrievers"])
+
     def shard_dirs(self, directory: str | Path) -> list[Path]:
         return [Path(directory) / s["name"] for s in self.shards]

@@ -65,7 +65,7 @@ def local_cluster(nodes: int = 3, cpus_per_node: float = 2.0) -> Iterator[LocalC
             "num_cpus": cpus_per_node,
             "node_ip_address": "127.0.0.2",
             "include_dashboard": False,
-            "_temp_dir": str(temp_dir),
+            "temp_dir": str(temp_dir),
             "_system_config": FAST_HEALTH_CHECK,
         },
     )
