@@ -45,6 +45,10 @@ def build(
     dense_ef_construction: Optional[int] = typer.Option(None, help="HNSW efConstruction."),
     resume: bool = typer.Option(False, help="Continue an interrupted build of --out from its checkpoints."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid corpus records (and count them) instead of failing."),
+    shards: int = typer.Option(1, min=1, help="Split the index into N shards built on Ray (needs --ray-address)."),
+    ray_address: Optional[str] = typer.Option(
+        None, help="Build on Ray: local (private Ray here), auto (running cluster) or host:port. Needs the ray extra."
+    ),
 ) -> None:
     """Build docstore, BM25, learned-sparse and dense indexes for a corpus into one directory."""
     from indexers.build import BuildConfig, BuildError, build_index
@@ -67,7 +71,14 @@ def build(
             dense_factory=dense_factory,
             dense_ef_construction=dense_ef_construction,
         )
-        manifest = build_index(corpus, out, config, resume=resume, skip_invalid=skip_invalid)
+        if ray_address is None and shards > 1:
+            _fail("--shards needs --ray-address (local: a private Ray on this machine)")
+        if ray_address is not None:
+            from cluster.build import build_sharded_cli  # optional package: imported only when asked for
+
+            manifest = build_sharded_cli(corpus, out, config, shards, ray_address, resume, skip_invalid)
+        else:
+            manifest = build_index(corpus, out, config, resume=resume, skip_invalid=skip_invalid)
     except CorpusError as exc:
         _fail(f"{exc}\n(fix the record, or pass --skip-invalid to skip invalid records)")
     except (BuildError, FileNotFoundError, ValueError) as exc:
