@@ -26,9 +26,23 @@ def serve(
                                        help="Require this key in the X-API-Key header on /v1/*."),
     query_backend: str = typer.Option("onnx", envvar="TRIDENT_QUERY_BACKEND",
                                       help="Query encoder backend: onnx (int8, fast) or torch."),
+    ray_address: str | None = typer.Option(
+        None, envvar="TRIDENT_RAY_ADDRESS",
+        help="Serve a sharded index from Ray actors: local, auto or host:port (needs the ray extra)."),
 ) -> None:
     """Serve an index over HTTP (docs at /docs). Starts even without an index; /readyz says why."""
     import uvicorn
+
+    if ray_address is not None:  # this process becomes the router of a sharded index (cluster/)
+        from cluster.serving import serve_sharded
+        from service.errors import TridentError
+
+        try:
+            serve_sharded(index, address=ray_address, host=host, port=port, workers=workers,
+                          query_backend=query_backend)
+        except TridentError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--index") from None
+        return
 
     # Settings travel by environment so every worker process reads the same ones.
     os.environ["TRIDENT_INDEX"] = str(index)
