@@ -70,7 +70,10 @@ def load_engine(settings: Settings) -> SearchEngine:
     from service.engine import Engine  # heavy imports (Lucene, FAISS, ONNX) only when serving
 
     return Engine.load(
-        settings.index, query_backend=settings.query_backend, threads=settings.search_threads
+        settings.index,
+        query_backend=settings.query_backend,
+        threads=settings.search_threads,
+        default_depth=settings.default_depth,
     )
 
 
@@ -232,8 +235,14 @@ def check_limits(req: SearchRequest, settings: Settings, prefix: str = "") -> No
 
 
 # -- the app ----------------------------------------------------------------------------------
-def create_app(settings: Settings | None = None, *, loader: EngineLoader | None = None) -> FastAPI:
-    """Build the app; the engine loads in the background when the app starts."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    loader: EngineLoader | None = None,
+    load_in_background: bool = True,
+) -> FastAPI:
+    """Build the app. The engine loads when the app starts: in the background by default (so
+    /healthz answers during a long load), or before the first request with ``load_in_background=False``."""
     settings = settings or Settings()
     loader = loader or load_engine
     metrics = Metrics()
@@ -242,11 +251,16 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = None
         app.state.load_error = None
-        task = asyncio.create_task(_load(app))
+        if load_in_background:
+            task = asyncio.create_task(_load(app))
+        else:
+            await _load(app)
+            task = None
         try:
             yield
         finally:
-            task.cancel()
+            if task is not None:
+                task.cancel()
             engine = app.state.engine
             app.state.engine = None
             if engine is not None:
@@ -398,6 +412,7 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader | None 
         return engine_of(request).info()
 
     app.include_router(v1)
+    _document_limits(app, settings)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -416,6 +431,43 @@ def create_app(settings: Settings | None = None, *, loader: EngineLoader | None 
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Write the configured limits into the OpenAPI schema, so clients and docs see them."""
+    generate = app.openapi
+
+    def set_bound(schema: dict[str, Any], **bounds: int) -> None:
+        for member in [schema, *schema.get("anyOf", [])]:
+            if member.get("type") in ("integer", "string", "array"):
+                member.update(bounds)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        comps = schema.get("components", {}).get("schemas", {})
+        search = comps.get("SearchRequest", {}).get("properties", {})
+        if search:
+            set_bound(search["query"], maxLength=settings.max_query_chars)
+            set_bound(search["k"], maximum=settings.max_k)
+            set_bound(search["offset"], maximum=settings.max_offset)
+        options = comps.get("RetrieverOptions", {}).get("properties", {})
+        if options:
+            set_bound(options["depth"], maximum=settings.max_depth)
+        batch = comps.get("BatchSearchRequest", {}).get("properties", {})
+        if batch:
+            set_bound(batch["requests"], maxItems=settings.max_batch)
+        get_limits = {"q": {"maxLength": settings.max_query_chars}, "k": {"maximum": settings.max_k},
+                      "offset": {"maximum": settings.max_offset},
+                      **{f"{r}_depth": {"maximum": settings.max_depth} for r in RETRIEVERS}}
+        for param in schema["paths"].get("/v1/search", {}).get("get", {}).get("parameters", []):
+            if param["name"] in get_limits:
+                set_bound(param["schema"], **get_limits[param["name"]])
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _get_param(field: str | None) -> str | None:

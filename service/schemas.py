@@ -18,6 +18,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 
 Retriever = Literal["bm25", "sparse", "dense"]
@@ -27,8 +28,19 @@ FusionMethod = Literal["rrf", "interpolation"]
 Normalization = Literal["minmax", "zscore", "none"]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Scalar = StrictStr | StrictBool | StrictInt | FiniteFloat
+# Bounded to what SQLite stores, so a filter value can always be bound.
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+Scalar = StrictStr | StrictBool | Int64 | FiniteFloat
 FilterValue = Scalar | Annotated[list[Scalar], Field(min_length=1, max_length=500)]
+
+
+def _valid_unicode(text: str) -> str:
+    """JSON allows lone surrogates (``"\\ud800"``); no tokenizer, Lucene or SQLite can take them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (invalid Unicode); send valid UTF-8 text") from None
+    return text
 
 
 class _Strict(BaseModel):
@@ -44,7 +56,11 @@ class RetrieverOptions(_Strict):
         None, ge=1, description="Hits this retriever returns before fusion (default 100, at least offset + k)."
     )
     weight: FiniteFloat | None = Field(
-        None, ge=0, description="Fusion weight; default from the index manifest (tuned), else 1.0."
+        None, ge=0, le=1e6, description="Fusion weight; default from the index manifest (tuned), else 1.0."
+    )
+    exact: bool = Field(
+        False, description="Sparse only: score every document exactly (brute force) instead of the "
+        "approximate block-pruned search; the ground truth for its recall, and slower."
     )
 
 
@@ -107,20 +123,26 @@ class SearchRequest(_Strict):
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("query must contain a non-space character")
-        return v
+        return _valid_unicode(v)
 
     @field_validator("filters", mode="wrap")
     @classmethod
     def _filter_values(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> dict[str, Any]:
         """One clear message instead of one per union member ("not a string", "not a bool", ...)."""
         try:
-            return handler(v)
+            filters = handler(v)
         except ValidationError as exc:
             where = ".".join(str(p) for p in exc.errors()[0]["loc"][:1])
             raise ValueError(
                 f"filters must be an object mapping a metadata field to a string, number, boolean "
                 f"or a non-empty list of them (at most 500); bad entry: {where or '(whole value)'}"
             ) from None
+        for field, value in filters.items():
+            _valid_unicode(field)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str):
+                    _valid_unicode(item)
+        return filters
 
     @field_validator("retrievers")
     @classmethod
@@ -128,6 +150,13 @@ class SearchRequest(_Strict):
         if v is not None and len(set(v)) != len(v):
             raise ValueError("retrievers must not repeat")
         return v
+
+    @model_validator(mode="after")
+    def _exact_is_sparse_only(self) -> SearchRequest:
+        for name in ("bm25", "dense"):
+            if getattr(self, name) is not None and getattr(self, name).exact:
+                raise ValueError(f"{name}.exact is not supported: only the sparse retriever has an exact mode")
+        return self
 
     def options(self, retriever: Retriever) -> RetrieverOptions:
         """This request's options for one retriever (empty when none were given)."""

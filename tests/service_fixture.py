@@ -44,3 +44,16 @@ def build_tiny_index(root: Path) -> Path:
         build_index(corpus, root / "index", BuildConfig(retrievers=retrievers(), device="cpu"))
         _built[root] = root / "index"
         return _built[root]
+
+
+_engines: dict[Path, object] = {}
+
+
+def shared_engine(index_dir: Path):  # noqa: ANN201 - returns service.engine.Engine
+    """One engine per index for the whole session (loading models and the JVM takes seconds)."""
+    from service.engine import Engine
+
+    with _lock:
+        if index_dir not in _engines:
+            _engines[index_dir] = Engine.load(index_dir, threads=3)
+        return _engines[index_dir]

@@ -12,7 +12,7 @@ from service import fusion
 from service.engine import Engine
 from service.errors import IndexLoadError, InvalidRequestError, NotFoundError
 from service.schemas import SearchRequest
-from service_fixture import build_tiny_index, metadata
+from service_fixture import build_tiny_index, metadata, shared_engine
 
 QUERY = "vitamin D deficiency and bone density"
 
@@ -26,9 +26,7 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(index_dir: Path) -> Engine:
-    eng = Engine.load(index_dir, threads=3)
-    yield eng
-    eng.close()
+    return shared_engine(index_dir)
 
 
 def ids(resp) -> list[str]:
