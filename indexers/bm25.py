@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Collection, Iterable
@@ -92,6 +93,7 @@ class BM25Index:
         self._analyzer = searcher.get_analyzer()
         self._generator = jvm.autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
         self._jfields = _java_fields() if fields == "multifield" else None
+        self._search_handle = _search_handle(searcher, self._jfields)
 
     # ---- building -------------------------------------------------------------------------------
 
@@ -113,18 +115,26 @@ class BM25Index:
         out = Path(out_dir)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise IndexBuildError(f"{out} already exists and is not an empty folder; pick a new path")
+        existed = out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".bm25-shards-", dir=out.parent) as tmp:
-            shards = Path(tmp, "input")
-            shards.mkdir()
-            count = _write_shards(docs, shards, threads, multifield=fields == "multifield")
-            if count == 0:
-                raise IndexBuildError("no documents to index; the corpus is empty")
-            counters = _run_indexer(shards, out, fields, threads, Path(tmp, "indexer.log"))
-        if counters.get("indexed") != count:
-            raise IndexBuildError(
-                f"Lucene indexed {counters.get('indexed')} of {count} documents (counters: {counters})"
-            )
+        try:
+            with tempfile.TemporaryDirectory(prefix=".bm25-shards-", dir=out.parent) as tmp:
+                shards = Path(tmp, "input")
+                shards.mkdir()
+                count = _write_shards(docs, shards, threads, multifield=fields == "multifield")
+                if count == 0:
+                    raise IndexBuildError("no documents to index; the corpus is empty")
+                counters = _run_indexer(shards, out, fields, threads, Path(tmp, "indexer.log"))
+            if counters.get("indexed") != count:
+                raise IndexBuildError(
+                    f"Lucene indexed {counters.get('indexed')} of {count} documents "
+                    f"(counters: {counters})"
+                )
+        except BaseException:  # leave no half-written index behind (out was new or empty)
+            shutil.rmtree(out, ignore_errors=True)
+            if existed:
+                out.mkdir()
+            raise
         params = {
             "format": FORMAT_VERSION,
             "fields": fields,
@@ -150,11 +160,12 @@ class BM25Index:
         if not root.is_dir():
             raise IndexLoadError(f"no BM25 index at {root}: not a folder; build one first")
         params = _read_params(root)
+        java_error = jvm.java_exception()  # starts the JVM (JavaNotFoundError if there is no Java)
         try:
             searcher = jvm.autoclass("io.anserini.search.SimpleSearcher")(str(root))
             searcher.set_bm25(float(k1), float(b))
             num_docs = int(searcher.get_total_num_docs())
-        except jvm.java_exception() as exc:
+        except java_error as exc:
             raise IndexLoadError(
                 f"cannot open the Lucene index at {root} ({_java_message(exc)}); it is corrupt or "
                 "incomplete: rebuild it"
@@ -214,9 +225,10 @@ class BM25Index:
     def batch_search(
         self, queries: list[str], qids: list[str], k: int = 10, threads: int = 2
     ) -> dict[str, list[Hit]]:
-        """Search many queries on ``threads`` Java threads; same hits as :meth:`search` per query.
+        """Search many queries on a pool of ``threads`` Java threads; per query, same as :meth:`search`.
 
-        Anserini runs the batch on a work-stealing pool; ``threads`` is passed through to it.
+        (Anserini's own ``batch_search`` ignores its thread count and uses every core, so we run the
+        queries on our own fixed-size Java pool; each task is a plain Java call, no Python callback.)
         """
         _check_k(k)
         if len(queries) != len(qids):
@@ -226,21 +238,23 @@ class BM25Index:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         out: dict[str, list[Hit]] = {qid: [] for qid in qids}
-        texts, ids = [], []
-        for qid, query in zip(qids, queries):
-            text = self.prepare(query).text
-            if text:
-                texts.append(text)
-                ids.append(str(qid))
-        if not texts:
+        todo = [(qid, text) for qid, query in zip(qids, queries) if (text := self.prepare(query).text)]
+        if not todo:
             return out
-        jqueries, jqids = _java_list(texts), _java_list(ids)
-        if self._jfields is not None:
-            results = self._searcher.batch_search_fields(jqueries, jqids, k, threads, self._jfields)
-        else:
-            results = self._searcher.batch_search(jqueries, jqids, k, threads)
-        for entry in results.entrySet().toArray():
-            out[entry.getKey()] = _hits(entry.getValue())
+        handles = jvm.autoclass("java.lang.invoke.MethodHandles")
+        as_callable = jvm.autoclass("java.lang.invoke.MethodHandleProxies").asInterfaceInstance
+        callable_class = jvm.autoclass("java.lang.Class").forName("java.util.concurrent.Callable")
+        search_k = handles.insertArguments(self._search_handle, 1, jvm.autoclass("java.lang.Integer")(k))
+        tasks = jvm.autoclass("java.util.ArrayList")(len(todo))
+        for _, text in todo:
+            tasks.add(as_callable(callable_class, handles.insertArguments(search_k, 0, text)))
+        pool = jvm.autoclass("java.util.concurrent.Executors").newFixedThreadPool(threads)
+        try:
+            futures = pool.invokeAll(tasks).toArray()
+        finally:
+            pool.shutdown()
+        for (qid, _), future in zip(todo, futures):
+            out[qid] = _hits(future.get())
         return out
 
     # ---- internals ------------------------------------------------------------------------------
@@ -291,11 +305,22 @@ def _hits(scored: Any) -> list[Hit]:
     return [Hit(h.docid, float(h.score)) for h in scored]
 
 
-def _java_list(items: list[str]) -> Any:
-    jlist = jvm.autoclass("java.util.ArrayList")(len(items))
-    for item in items:
-        jlist.add(item)
-    return jlist
+def _search_handle(searcher: Any, jfields: Any) -> Any:
+    """``searcher.search(text, k)`` (multifield: ``search_fields(text, fields, k)``) as a Java
+    MethodHandle of (String, int), so batch tasks can be made from it without Java code of ours."""
+    klass = jvm.autoclass("java.lang.Class").forName
+    handles = jvm.autoclass("java.lang.invoke.MethodHandles")
+    method_type = jvm.autoclass("java.lang.invoke.MethodType").methodType
+    hits, text, k = (
+        klass("[Lio.anserini.search.ScoredDoc;"),
+        klass("java.lang.String"),
+        jvm.autoclass("java.lang.Integer").TYPE,
+    )
+    find = functools.partial(handles.publicLookup().findVirtual, klass("io.anserini.search.SimpleSearcher"))
+    if jfields is None:
+        return find("search", method_type(hits, [text, k])).bindTo(searcher)
+    handle = find("search_fields", method_type(hits, [text, klass("java.util.Map"), k]))
+    return handles.insertArguments(handle.bindTo(searcher), 1, jfields)
 
 
 def _bytes_refs(ids: Collection[str]) -> Any:

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,17 @@ def test_build_rejects_bad_arguments(tmp_path, docs):
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     with pytest.raises(IndexBuildError, match="empty"):
         BM25Index.build([], tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path, docs):
+    def broken():
+        yield from docs[:5]
+        raise RuntimeError("corpus read failed")
+
+    with pytest.raises(RuntimeError, match="corpus read failed"):
+        BM25Index.build(broken(), tmp_path / "idx")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_multifield_keeps_a_document_without_text(tmp_path, docs):
@@ -339,6 +352,29 @@ def test_default_java_is_21_and_goes_first_on_path(monkeypatch):
     env = jvm.java_env(home)
     assert env["JAVA_HOME"] == str(home)
     assert env["PATH"].split(os.pathsep)[0] == str(home / "bin")
+
+
+def test_build_without_java_fails_clearly(monkeypatch, tmp_path, docs):
+    monkeypatch.setenv(jvm.JAVA_HOME_ENV, str(tmp_path / "no-java"))
+    with pytest.raises(jvm.JavaNotFoundError, match="TRIDENT_JAVA_HOME"):
+        BM25Index.build(docs[:3], tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
+
+
+def test_load_without_java_fails_clearly_in_a_fresh_process(index_dirs, tmp_path):
+    """No JVM yet, and the override points nowhere: a Python error, not a dead process."""
+    code = (
+        "from indexers.bm25 import BM25Index\n"
+        "from indexers.jvm import JavaNotFoundError\n"
+        "try:\n"
+        f"    BM25Index.load({str(index_dirs['flat'])!r})\n"
+        "except JavaNotFoundError as exc:\n"
+        "    print('JavaNotFoundError:', exc)\n"
+    )
+    env = {**os.environ, jvm.JAVA_HOME_ENV: str(tmp_path / "no-java")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "JavaNotFoundError: no Java at" in done.stdout
 
 
 def test_heap_size_is_validated(monkeypatch):
