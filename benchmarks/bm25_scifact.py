@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR scifact folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed passes (median is reported)")
-    parser.add_argument("--work", type=Path, help="a new folder to keep the indexes in (default: a temp folder)")
+    parser.add_argument(
+        "--work", type=Path, help="a new folder to keep the indexes in (default: a temp folder)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data = BeirDataset.open(args.data)

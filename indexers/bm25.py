@@ -238,13 +238,15 @@ class BM25Index:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         out: dict[str, list[Hit]] = {qid: [] for qid in qids}
-        todo = [(qid, text) for qid, query in zip(qids, queries) if (text := self.prepare(query).text)]
+        prepared = ((qid, self.prepare(query).text) for qid, query in zip(qids, queries))
+        todo = [(qid, text) for qid, text in prepared if text]
         if not todo:
             return out
         handles = jvm.autoclass("java.lang.invoke.MethodHandles")
         as_callable = jvm.autoclass("java.lang.invoke.MethodHandleProxies").asInterfaceInstance
         callable_class = jvm.autoclass("java.lang.Class").forName("java.util.concurrent.Callable")
-        search_k = handles.insertArguments(self._search_handle, 1, jvm.autoclass("java.lang.Integer")(k))
+        jk = jvm.autoclass("java.lang.Integer")(k)
+        search_k = handles.insertArguments(self._search_handle, 1, jk)
         tasks = jvm.autoclass("java.util.ArrayList")(len(todo))
         for _, text in todo:
             tasks.add(as_callable(callable_class, handles.insertArguments(search_k, 0, text)))
@@ -261,7 +263,8 @@ class BM25Index:
 
     def _filtered_query(self, text: str, filter_ids: Collection[str]) -> Any:
         clause = jvm.autoclass("org.apache.lucene.search.BooleanClause$Occur")
-        allowed = jvm.autoclass("org.apache.lucene.search.TermInSetQuery")("id", _bytes_refs(filter_ids))
+        term_set = jvm.autoclass("org.apache.lucene.search.TermInSetQuery")
+        allowed = term_set("id", _bytes_refs(filter_ids))
         if self._jfields is not None:
             scored = self._generator.buildQuery(self._jfields, self._analyzer, text)
         else:
@@ -316,7 +319,8 @@ def _search_handle(searcher: Any, jfields: Any) -> Any:
         klass("java.lang.String"),
         jvm.autoclass("java.lang.Integer").TYPE,
     )
-    find = functools.partial(handles.publicLookup().findVirtual, klass("io.anserini.search.SimpleSearcher"))
+    searcher_class = klass("io.anserini.search.SimpleSearcher")
+    find = functools.partial(handles.publicLookup().findVirtual, searcher_class)
     if jfields is None:
         return find("search", method_type(hits, [text, k])).bindTo(searcher)
     handle = find("search_fields", method_type(hits, [text, klass("java.util.Map"), k]))
@@ -414,11 +418,8 @@ def _run_indexer(shards: Path, out: Path, fields: str, threads: int, log_path: P
     if proc.returncode != 0:
         tail = "\n".join(output.splitlines()[-20:])
         raise IndexBuildError(f"Anserini IndexCollection exited with {proc.returncode}:\n{tail}")
-    return {
-        name: int(value.replace(",", ""))
-        for name, value in re.findall(r"^.*?\b(indexed|empty|skipped|errors|unindexable):\s+([\d,]+)\s*$",
-                                      output, re.MULTILINE)
-    }
+    counter = re.compile(r"^.*?\b(indexed|empty|skipped|errors|unindexable):\s+([\d,]+)\s*$", re.M)
+    return {name: int(value.replace(",", "")) for name, value in counter.findall(output)}
 
 
 def _heap_mb(heap: str) -> int:

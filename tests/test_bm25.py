@@ -372,7 +372,9 @@ def test_load_without_java_fails_clearly_in_a_fresh_process(index_dirs, tmp_path
         "    print('JavaNotFoundError:', exc)\n"
     )
     env = {**os.environ, jvm.JAVA_HOME_ENV: str(tmp_path / "no-java")}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "JavaNotFoundError: no Java at" in done.stdout
 
