@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,3 +298,42 @@ def test_onnx_export_is_cached_atomically(
     assert [(folder / "model.onnx").stat().st_mtime_ns for folder in sorted((onnx_cache / "onnx").iterdir())] == stamps
     meta = json.loads((exports[0] / "meta.json").read_text())
     assert meta["quantization"] == "dynamic-int8-per-channel"
+
+
+# ---- real data (slow) -------------------------------------------------------------------------------
+
+
+def _ndcg_at_10(qrels: dict[str, dict[str, int]], qids: list[str], doc_ids: list[str], scores: object) -> float:
+    """nDCG@10 of exact search, from a (queries x docs) score matrix."""
+    from eval.metrics import evaluate
+
+    dense_scores = scores.toarray() if sp.issparse(scores) else np.asarray(scores)
+    run = {}
+    for qid, row in zip(qids, dense_scores):
+        top = np.argsort(-row, kind="stable")[:100]
+        run[qid] = {doc_ids[i]: float(row[i]) for i in top}
+    return evaluate(qrels, run, ("ndcg@10",))["ndcg@10"]
+
+
+@pytest.mark.slow
+def test_demo_quality_onnx_queries_match_torch(
+    demo_dir: Path, sparse: SparseEncoder, dense: DenseEncoder, sparse_onnx: SparseEncoder, dense_onnx: DenseEncoder
+) -> None:
+    """Exact search over the 500-doc scifact demo: int8 ONNX queries lose (almost) no nDCG@10 against torch."""
+    from eval.beir import BeirDataset
+    from indexers.corpus import iter_corpus
+
+    data = BeirDataset.open(demo_dir)
+    docs = list(iter_corpus(data.root))
+    doc_ids, texts = [d.id for d in docs], [document_text(d.title, d.text) for d in docs]
+    qrels, queries = data.qrels("test"), data.queries("test")
+    qids = list(queries)
+    for exact, fast in ((sparse, sparse_onnx), (dense, dense_onnx)):
+        corpus = exact.encode_documents(texts)
+        ndcg = {
+            backend: _ndcg_at_10(qrels, qids, doc_ids, encoder.encode_queries(list(queries.values())) @ corpus.T)
+            for backend, encoder in (("torch", exact), ("onnx", fast))
+        }
+        logging.getLogger(__name__).info("demo nDCG@10 of %s: %s", exact.name, ndcg)
+        assert ndcg["torch"] > 0.6, ndcg
+        assert abs(ndcg["onnx"] - ndcg["torch"]) < 0.02, ndcg
