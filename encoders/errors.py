@@ -18,5 +18,5 @@ class ModelLoadError(EncoderError):
         self.model = model
         self.reason = reason
         self.hint = hint
-        message = f"cannot load model {model!r}: {reason}"
+        message = f"cannot load model {model!r}: {reason.rstrip('. ')}"
         super().__init__(f"{message}. {hint}" if hint else message)

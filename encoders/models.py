@@ -148,7 +148,8 @@ def load_sentence_transformers(cls: type[ST], source: ModelSource, device: str) 
         raise ModelLoadError(
             source.name,
             f"{type(exc).__name__}: {exc}".splitlines()[0],
-            "check the name/path; without network, pre-download the model (HF cache) or pass a local folder",
+            "check the name or path; without network, download the model into the HF cache beforehand and set "
+            "HF_HUB_OFFLINE=1 (fails fast instead of retrying), or pass a local model folder",
         ) from exc
     model.eval()
     if not source.local and source.revision == "unknown":
