@@ -33,7 +33,6 @@ from indexers.hits import Hit
 from service import fusion
 from service.errors import IndexLoadError, InvalidRequestError, NotFoundError
 from service.schemas import (
-    RETRIEVERS,
     DocumentResponse,
     FusionUsed,
     IndexInfo,
@@ -166,9 +165,17 @@ class Engine:
                 log.warning("%s query encoder %s is revision %s, the index was built with %s; "
                             "rankings may suffer", kind, enc.name, enc.revision, built)
         engine = cls(path, manifest, docstore, threads=threads, default_depth=default_depth, **parts)
+        engine.warm_up()
         log.info("loaded %s: %d documents, retrievers %s, query backend %s", path,
                  manifest.doc_count, ", ".join(engine.retrievers), query_backend)
         return engine
+
+    def warm_up(self, rounds: int = 3) -> None:
+        """Run a few searches so the first real ones do not pay for JIT compilation, ONNX Runtime's
+        first-run allocations and cold pages (the first Lucene query is ~50x slower than later ones)."""
+        texts = ["protein expression in human cells", "risk factors of heart disease", "vaccine trial"]
+        for i in range(rounds):
+            self.search(SearchRequest(query=texts[i % len(texts)], k=10, include_text=False))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

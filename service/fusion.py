@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 
@@ -44,8 +44,6 @@ from indexers.hits import Hit
 Run: TypeAlias = Sequence[Hit] | Mapping[str, float]
 Runs: TypeAlias = Mapping[str, Run] | Sequence[Run]
 Weights: TypeAlias = Mapping[str, float] | Sequence[float] | None
-Normalization = Literal["minmax", "zscore", "none"]
-Method = Literal["rrf", "interpolation"]
 
 DEFAULT_RRF_K = 60.0
 
