@@ -399,7 +399,7 @@ def create_app(
             metrics.observe_search(resp)
         return BatchSearchResponse(results=results, timings_ms={"total": (time.perf_counter() - start) * 1e3})
 
-    @v1.get("/documents/{doc_id}", response_model=DocumentResponse, tags=["documents"],
+    @v1.get("/documents/{doc_id:path}", response_model=DocumentResponse, tags=["documents"],
             responses={404: {"model": ErrorResponse, "description": "No such document."}})
     async def get_document(doc_id: str, request: Request) -> DocumentResponse:
         """One stored document by its corpus `_id`."""

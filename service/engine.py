@@ -302,13 +302,15 @@ class Engine:
                 field="retrievers")
         return names
 
-    def _mask(self, filters: dict[str, Any]) -> np.ndarray:
+    def _mask(self, filters: dict[str, Any]) -> np.ndarray | None:
         from indexers.docstore import FilterError
 
         try:
-            return self.docstore.matching(filters)
+            mask = self.docstore.matching(filters)
         except FilterError as exc:
             raise InvalidRequestError(str(exc), field="filters") from None
+        # A filter every document passes costs nothing downstream (Lucene would get every id).
+        return None if mask.all() else mask
 
     def _tuned_fusion(self) -> dict[str, Any] | None:
         tuned = self.manifest.extra.get("fusion")

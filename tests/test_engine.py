@@ -158,6 +158,11 @@ def test_filter_in_list_and_conjunction(engine: Engine) -> None:
     assert resp.total == len(expected) == 10
 
 
+def test_filter_matching_everything_equals_no_filter(engine: Engine) -> None:
+    everything = engine.search(SearchRequest(query=QUERY, k=20, filters={"lang": ["de", "en"]}))
+    assert ids(everything) == ids(engine.search(SearchRequest(query=QUERY, k=20)))
+
+
 def test_filter_matching_nothing_and_bad_filter(engine: Engine) -> None:
     assert engine.search(SearchRequest(query=QUERY, filters={"lang": "fr"})).hits == []
     with pytest.raises(InvalidRequestError) as err:
