@@ -15,16 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("ray")
-
-from cluster.build import build_sharded  # noqa: E402
-from cluster.layout import ShardedManifest, is_sharded, shard_of  # noqa: E402
-from cluster.local import LocalCluster, leftover_processes, local_cluster  # noqa: E402
-from cluster.serving import ShardedEngine  # noqa: E402
-from indexers.build import BuildConfig, build_index  # noqa: E402
-from service.engine import Engine  # noqa: E402
-from service.errors import InvalidRequestError, NotFoundError  # noqa: E402
-from service.schemas import SearchRequest, SearchResponse  # noqa: E402
+from cluster.build import build_sharded
+from cluster.layout import ShardedManifest, is_sharded, shard_of
+from cluster.local import LocalCluster, leftover_processes, local_cluster
+from cluster.serving import ShardedEngine, merge_runs
+from indexers.build import BuildConfig, build_index
+from service.engine import Engine
+from service.errors import InvalidRequestError, NotFoundError
+from service.schemas import SearchRequest, SearchResponse
 
 N_DOCS = 60
 N_SHARDS = 2
@@ -51,6 +49,7 @@ def queries(demo_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[LocalCluster]:
+    pytest.importorskip("ray")
     with local_cluster(nodes=3, cpus_per_node=2) as lc:
         temp_dir = lc.temp_dir
         yield lc
@@ -105,6 +104,22 @@ def _wait_full(engine: ShardedEngine, request: SearchRequest) -> SearchResponse:
             return response
         time.sleep(1.0)
     raise AssertionError(f"still partial after {RECOVERY_S} s: missing {response.missing_shards}")
+
+
+# -- without Ray -----------------------------------------------------------------------------------
+def test_assignment_rule_is_stable() -> None:
+    """Pinned values: changing the rule would silently misroute documents of existing indexes."""
+    assert (shard_of("103007", 1000), shard_of("0", 7)) == (911, 2)
+    counts = np.bincount([shard_of(str(i), 4) for i in range(4000)], minlength=4)
+    assert counts.min() > 900  # roughly uniform
+
+
+def test_merge_keeps_the_global_top_depth_by_raw_score() -> None:
+    a = {"dense": (["a1", "a2", "a3"], [0.9, 0.5, 0.1], {"dense": 2.0}, None)}
+    b = {"dense": (["b1", "b2"], [0.7, 0.5], {"dense": 3.0}, "w")}
+    run = merge_runs([a, b], ["dense"], {"dense": 4})["dense"]
+    assert [h.docid for h in run.hits] == ["a1", "b1", "a2", "b2"]  # tie at 0.5 broken by docid
+    assert run.timings == {"dense": 3.0} and run.warning == "w"
 
 
 # -- build ------------------------------------------------------------------------------------------
