@@ -185,7 +185,7 @@ def _export(model: Any, source: ModelSource, pooling: Pooling, input_names: list
     if source.revision == "unknown":
         raise EncoderError(f"cannot cache an ONNX export of {source.name!r}: its revision is unknown")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    if folder.exists():
+    if folder.exists() and not (folder / MODEL_FILE).is_file():
         shutil.rmtree(folder)  # a folder without its model file is a leftover, never a finished export
     logger.info("exporting %s to ONNX (int8, per-channel) under %s", source.name, folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -218,6 +218,7 @@ def _export(model: Any, source: ModelSource, pooling: Pooling, input_names: list
         meta = {"name": source.name, "revision": source.revision, "pooling": pooling, "inputs": input_names,
                 "opset": OPSET, "quantization": "dynamic-int8-per-channel"}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared (e.g. a service user)
         try:
             staging.rename(folder)
         except OSError:

@@ -213,6 +213,26 @@ def test_local_folder_loads_with_content_revision(sparse: SparseEncoder) -> None
     assert (local.encode_queries(QUERIES) != sparse.encode_queries(QUERIES)).nnz == 0
 
 
+def test_hub_model_loads_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Hugging Face id found in the HF cache loads offline and reports the snapshot's commit."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--trident-test--cached-minilm"
+    source = carried_model_dir(DENSE_DEFAULT)
+    for file in (f for f in source.rglob("*") if f.is_file()):
+        link = repo / "snapshots" / commit / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(file)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = DenseEncoder("trident-test/cached-minilm", device="cpu", threads=1)
+    assert (encoder.name, encoder.revision) == ("trident-test/cached-minilm", commit)
+    assert encoder.encode_queries(["blood pressure"]).shape == (1, 384)
+
+
 def test_folder_revision_follows_content(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     first = folder_revision(tmp_path)
