@@ -58,8 +58,22 @@ def serve(
     if not (index / "manifest.json").is_file():
         log.error("no index at %s: the server starts, but /readyz and searches answer 503 until one is "
                   "built (`trident index build --corpus <BEIR folder> --out %s`)", index, index)
+    level = os.environ.get("TRIDENT_LOG_LEVEL", "info")
     uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=os.environ.get("TRIDENT_LOG_LEVEL", "info"))
+                log_level=level, log_config=_log_config(level))
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging setup plus our packages' loggers, so worker processes (which do not
+    inherit this process's logging) also report index loading and errors."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for name in ("service", "indexers", "encoders", "cluster"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def _parse_filters(items: list[str]) -> dict[str, Any]:
