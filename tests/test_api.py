@@ -325,6 +325,28 @@ def test_background_load_reports_loading_then_ready(engine: Any, index_dir: Path
         assert c.get("/readyz").status_code == 200
 
 
+# -- the `trident search` command -------------------------------------------------------------
+def test_search_command_prints_a_table_and_json(index_dir: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli import app as cli
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["search", QUERY, "--index", str(index_dir), "-k", "3", "--mode", "bm25",
+                              "--filter", "lang=de", "--filter", "lang=en", "--json"])
+    assert out.exit_code == 0, out.output
+    body = json.loads(out.output[out.output.index("{"):])
+    assert len(body["hits"]) == 3 and body["mode"] == "bm25"
+    table = runner.invoke(cli, ["search", QUERY, "--index", str(index_dir), "-k", "2", "--explain"])
+    assert table.exit_code == 0 and "bm25 rank" in table.output
+    missing = runner.invoke(cli, ["search", QUERY, "--index", str(index_dir / "nope")])
+    assert missing.exit_code == 1 and "no index at" in missing.output
+    bad = runner.invoke(cli, ["search", QUERY, "--index", str(index_dir), "--filter", "novalue"])
+    assert bad.exit_code == 2 and "field=value" in bad.output
+
+
 # -- schemathesis ----------------------------------------------------------------------------
 # Driven through Hypothesis directly: schemathesis' own pytest plugin (from_fixture) does not run
 # under pytest 9 (it sets the removed Node._nodeid).
