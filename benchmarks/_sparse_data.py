@@ -85,26 +85,68 @@ def synthetic_splade(
     return docs, queries
 
 
-def cached_encoding(name: str, texts_fn, encode_fn) -> sp.csr_matrix:  # noqa: ANN001
-    """Load `cache/sparse/<name>.npz`, or compute it with `encode_fn(texts_fn())` and store it."""
-    path = CACHE_DIR / f"{name}.npz"
-    if path.exists():
-        return sp.load_npz(path).tocsr()
-    log.info("encoding %s (cached at %s)", name, path)
-    m = encode_fn(texts_fn()).tocsr()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sp.save_npz(path, m)
-    return m
+def _corpus_texts(path: Path) -> list[str]:
+    from encoders.text import document_text
 
-
-def read_jsonl_texts(path: Path, *, with_title: bool) -> tuple[list[str], list[str]]:
-    """(ids, texts) of a BEIR-style JSONL file; title and text joined as BEIR does."""
-    ids, texts = [], []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            ids.append(str(row["_id"]))
-            text = row.get("text", "")
-            title = row.get("title", "") if with_title else ""
-            texts.append(f"{title} {text}".strip() if title else text)
-    return ids, texts
+        return [document_text(r.get("title"), r.get("text")) for r in map(json.loads, f)]
+
+
+def _query_texts(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [str(json.loads(line)["text"]) for line in f]
+
+
+def encode_beir(folder: Path, name: str, query_files: list[str], *, cache_dir: Path = CACHE_DIR,
+                model: str | None = None, device: str = "auto", shard_docs: int = 40_000,
+                batch_size: int = 256) -> None:
+    """Encode a BEIR-layout folder once with the default SPLADE encoder into `cache_dir`:
+    `<name>-docs-<i>.npz` shards (small files travel back from the GPU machine) and
+    `<name>-<queries file stem>.npz`."""
+    from encoders.sparse import SparseEncoder
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    enc = SparseEncoder(model, device=device, batch_size=batch_size)
+    texts = _corpus_texts(folder / "corpus.jsonl")
+    for i, start in enumerate(range(0, len(texts), shard_docs)):
+        sp.save_npz(cache_dir / f"{name}-docs-{i:02d}.npz", enc.encode_documents(texts[start : start + shard_docs]))
+        log.info("%s: encoded %d/%d documents", name, min(start + shard_docs, len(texts)), len(texts))
+    for qf in query_files:
+        sp.save_npz(cache_dir / f"{name}-{Path(qf).stem}.npz", enc.encode_queries(_query_texts(folder / qf)))
+
+
+def load_encoded(name: str, query_files: list[str], *, cache_dir: Path = CACHE_DIR
+                 ) -> tuple[sp.csr_matrix, dict[str, sp.csr_matrix]]:
+    """(documents, {queries file stem: queries}) as written by `encode_beir`."""
+    shards = sorted(cache_dir.glob(f"{name}-docs-*.npz"))
+    missing = [qf for qf in query_files if not (cache_dir / f"{name}-{Path(qf).stem}.npz").exists()]
+    if not shards or missing:
+        raise FileNotFoundError(
+            f"no cached SPLADE vectors for {name} in {cache_dir}: run "
+            f"`python benchmarks/_sparse_data.py {name}` (add --device cuda on a GPU machine)")
+    docs = sp.vstack([sp.load_npz(p) for p in shards]).tocsr()
+    return docs, {Path(qf).stem: sp.load_npz(cache_dir / f"{name}-{Path(qf).stem}.npz").tocsr() for qf in query_files}
+
+
+DATASETS = {
+    "wordnet": (Path("/work/shared/data/wordnet"), ["queries.jsonl", "queries_phrases.jsonl"]),
+    "scifact": (Path("/work/shared/data/beir/scifact"), ["queries.jsonl"]),
+}
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    ap = argparse.ArgumentParser(description="Encode a corpus once with the default SPLADE encoder (cached).")
+    ap.add_argument("dataset", choices=sorted(DATASETS))
+    ap.add_argument("--data", type=Path, help="BEIR folder (default: the shared copy)")
+    ap.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", help="model folder (default: the offline SPLADE-tiny)")
+    args = ap.parse_args()
+    folder, qfiles = DATASETS[args.dataset]
+    encode_beir(args.data or folder, args.dataset, qfiles, cache_dir=args.cache_dir, model=args.model,
+                device=args.device)

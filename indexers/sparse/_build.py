@@ -254,3 +254,33 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
     return (list_nblocks, list_ndict, block_size[:nbk].copy(), block_docs[:npst].copy(),
             block_scale[:nbk].copy(), dict_terms[:nd].copy(), dict_nent[:nd].copy(),
             ent_block[:ne].copy(), ent_val[:ne].copy())
+
+
+@njit(cache=True, nogil=True)
+def forward_records(indptr, indices, data, narrow):  # noqa: ANN001, ANN202
+    """Pack CSR rows into one uint32 buffer of records [n][term ids][float32 values].
+
+    Term ids take 16 bits when `narrow` (two per word, the last word zero-padded), else 32 bits.
+    Returns (word offset of each record, plus the end; buffer)."""
+    n_docs = indptr.shape[0] - 1
+    ptr = np.zeros(n_docs + 1, dtype=np.int64)
+    for d in range(n_docs):
+        n = indptr[d + 1] - indptr[d]
+        tw = (n + 1) // 2 if narrow else n
+        ptr[d + 1] = ptr[d] + 1 + tw + n
+    buf = np.zeros(ptr[n_docs], dtype=np.uint32)
+    t16 = buf.view(np.uint16)
+    f32 = buf.view(np.float32)
+    for d in range(n_docs):
+        a = indptr[d]
+        n = indptr[d + 1] - a
+        o = ptr[d]
+        buf[o] = n
+        tw = (n + 1) // 2 if narrow else n
+        for j in range(n):
+            if narrow:
+                t16[2 * (o + 1) + j] = indices[a + j]
+            else:
+                buf[o + 1 + j] = indices[a + j]
+            f32[o + 1 + tw + j] = data[a + j]
+    return ptr, buf

@@ -1,17 +1,21 @@
 """SparseIndex: a Seismic-like learned-sparse index (build, save/load, search).
 
-Layout (all plain arrays, memory-mapped on load; term ids are int32 or, when the vocabulary fits,
-uint16; a list's block ids are uint16 when it has fewer than 65,536 blocks):
+Layout (all plain arrays, memory-mapped on load). The query path is bound by cache misses, so the
+layout minimises the distinct cache lines a query touches:
 
-* forward index, CSR over documents: ``fwd_ptr``, ``fwd_terms``, ``fwd_vals`` (float32, unpruned).
-  Exact scores only ever come from it.
+* forward index (unpruned, float32 weights; exact scores only ever come from it): one uint32 buffer
+  ``fwd_buf`` of per-document records ``[n][n term ids][n values]``, starting at word ``fwd_ptr[d]``.
+  Term ids are uint16 when the vocabulary has at most 65,536 terms, else uint32.
 * posting lists cut into blocks: list ``t`` owns blocks ``list_block_ptr[t]:list_block_ptr[t+1]``,
-  block ``g`` owns documents ``block_docs[block_doc_ptr[g]:block_doc_ptr[g+1]]``.
+  block ``g`` owns postings ``block_doc_ptr[g]:block_doc_ptr[g+1]``, each a document id
+  (``block_docs``) and the word offset of its record (``block_offs``), so scoring a posting touches
+  one record and no pointer array.
 * block summaries stored *transposed* per list, as a term-sorted dictionary: list ``t`` owns
-  dictionary rows ``list_dict_ptr[t]:list_dict_ptr[t+1]``; row ``r`` is term ``dict_terms[r]`` with
-  entries ``dict_ent_ptr[r]:dict_ent_ptr[r+1]`` of (local block id ``ent_block``, 8-bit ``ent_val``);
-  a block's real summary value is ``ent_val x block_scale[g]``. Scoring all blocks of a list then
-  costs one sorted intersection with the query instead of one gather per summary entry.
+  dictionary rows ``list_dict_ptr[t]:list_dict_ptr[t+1]``; row ``r`` is term ``dict_terms[r]`` whose
+  entries end at ``list_ent_ptr[t] + dict_ent_end[r]`` (they start where the previous row of the
+  list ends) in ``ent``, each packed as ``local block id << 8 | 8-bit value``; a block's real
+  summary value is ``value x block_scale[g]``. Scoring all blocks of a list then costs one sorted
+  intersection with the query instead of one gather per summary entry.
 * optional kNN graph ``knn`` (n_docs, knn), padded with -1.
 
 Input policy: documents and queries are CSR rows over the same vocabulary. Duplicate term ids in a
@@ -40,10 +44,12 @@ FORMAT_NAME = "trident-sparse"
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.json"
 ARRAYS = (
-    "fwd_ptr", "fwd_terms", "fwd_vals", "list_block_ptr", "block_doc_ptr", "block_docs", "block_scale",
-    "list_dict_ptr", "dict_terms", "dict_ent_ptr", "ent_block", "ent_val", "knn",
+    "fwd_ptr", "fwd_buf", "list_block_ptr", "block_doc_ptr", "block_docs", "block_offs", "block_scale",
+    "list_dict_ptr", "dict_terms", "list_ent_ptr", "dict_ent_end", "ent", "knn",
 )
+NARROW_VOCAB = 65536  # term ids fit 16 bits up to here
 _CHUNK_POSTINGS = 2_000_000
+_CSR_TYPES = (sp.csr_matrix, sp.csr_array)
 
 
 def _default_threads() -> int:
@@ -79,7 +85,7 @@ class _Scratch(threading.local):
 
     def __init__(self, n_docs: int, vocab: int, max_blocks: int) -> None:
         self.qdense = np.zeros(vocab, dtype=np.float32)
-        self.visited = np.zeros(max(n_docs, 1), dtype=np.int32)
+        self.visited = np.zeros(max(n_docs, 1), dtype=np.uint8)
         self.stamp = np.zeros(1, dtype=np.int64)
         self.bscore = np.zeros(max(max_blocks, 1), dtype=np.float32)
         self.border = np.zeros(max(max_blocks, 1), dtype=np.int32)
@@ -97,7 +103,11 @@ class SparseIndex:
         self._max_blocks = int(np.diff(lbp).max()) if lbp.shape[0] > 1 else 0
         self._scratch = _Scratch(self.n_docs, vocab_size, self._max_blocks)
         self._no_filter = np.ones(1, dtype=np.bool_)
-        self._idx_args = tuple(arrays[n] for n in ARRAYS[:12])
+        buf = arrays["fwd_buf"]
+        narrow = vocab_size <= NARROW_VOCAB
+        self._fwd = (arrays["fwd_ptr"], buf, buf.view(np.uint16) if narrow else buf, buf.view(np.float32),
+                     1 if narrow else 0)
+        self._idx_args = self._fwd + tuple(arrays[n] for n in ARRAYS[2:12])
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -111,6 +121,7 @@ class SparseIndex:
         fwd_ptr = m.indptr.astype(np.int64)
         fwd_terms = m.indices
         fwd_vals = m.data
+        rec_ptr, rec_buf = _build.forward_records(fwd_ptr, fwd_terms, fwd_vals, vocab <= NARROW_VOCAB)
         # posting lists: CSC, pruned to the heaviest entries (per-list cap, then a global threshold)
         csc = m.tocsc()
         col_ptr = csc.indptr.astype(np.int64)
@@ -150,25 +161,31 @@ class SparseIndex:
         list_nblocks = np.concatenate([p[0] for p in parts]) if parts else np.zeros(vocab, np.int64)
         list_ndict = np.concatenate([p[1] for p in parts]) if parts else np.zeros(vocab, np.int64)
         block_size = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
+        block_docs = _cat([p[3] for p in parts], np.int32)
+        list_dict_ptr = _offsets(list_ndict)
+        dict_ent_ptr = _offsets(_cat([p[6] for p in parts], np.int64))
+        list_ent_ptr = dict_ent_ptr[list_dict_ptr]
+        dict_ent_end = dict_ent_ptr[1:] - np.repeat(list_ent_ptr[:-1], list_ndict)
+        ent = (_cat([p[7] for p in parts], np.uint32) << np.uint32(8)) | _cat([p[8] for p in parts], np.uint32)
         arrays: dict[str, np.ndarray] = {
-            "fwd_ptr": fwd_ptr, "fwd_terms": fwd_terms, "fwd_vals": fwd_vals,
+            "fwd_ptr": rec_ptr, "fwd_buf": rec_buf,
             "list_block_ptr": _offsets(list_nblocks),
             "block_doc_ptr": _offsets(block_size),
-            "block_docs": _cat([p[3] for p in parts], np.int32),
+            "block_docs": block_docs,
+            "block_offs": _smallest_uint(rec_ptr[block_docs]),
             "block_scale": _cat([p[4] for p in parts], np.float32),
-            "list_dict_ptr": _offsets(list_ndict),
-            "dict_terms": _cat([p[5] for p in parts], np.int32),
-            "dict_ent_ptr": _offsets(_cat([p[6] for p in parts], np.int64)),
-            "ent_block": _cat([p[7] for p in parts], np.int32),
-            "ent_val": _cat([p[8] for p in parts], np.uint8),
+            "list_dict_ptr": list_dict_ptr,
+            "dict_terms": _cat([p[5] for p in parts], np.uint16 if vocab <= NARROW_VOCAB else np.int32),
+            "list_ent_ptr": list_ent_ptr,
+            "dict_ent_end": _smallest_uint(dict_ent_end),
+            "ent": ent,
             "knn": np.zeros((n_docs, 0), dtype=np.int32),
         }
-        _narrow(arrays, vocab)
         index = cls(arrays, params, vocab)
         if params.knn > 0:
             index._a["knn"] = index._build_knn(m, params.knn, threads)
         log.info("sparse index: %d docs, %d postings, %d blocks, %d summary entries, built in %.1fs",
-                 n_docs, post_docs.size, block_size.size, arrays["ent_val"].size, time.perf_counter() - t0)
+                 n_docs, post_docs.size, block_size.size, arrays["ent"].size, time.perf_counter() - t0)
         return index
 
     def _build_knn(self, docs: sp.csr_matrix, n: int, threads: int | None) -> np.ndarray:
@@ -213,7 +230,8 @@ class SparseIndex:
             f = src / f"{name}.npy"
             if not f.is_file():
                 raise SparseFormatError(f"{src}: array file {f.name} is missing; rebuild the index")
-            arrays[name] = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
+            # np.asarray: a plain ndarray view of the memmap (numba dispatches plain arrays ~5x faster)
+            arrays[name] = np.asarray(np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False))
         if arrays["fwd_ptr"].shape[0] - 1 != meta["n_docs"]:
             raise SparseFormatError(f"{src}: forward index has {arrays['fwd_ptr'].shape[0] - 1} docs, "
                                     f"params.json says {meta['n_docs']}; the directory is corrupt")
@@ -228,11 +246,21 @@ class SparseIndex:
         Fewer than k results come back when fewer documents share a term with the query (or pass
         `allowed`); documents with score 0 are never returned.
         """
-        q = _canonical(query, "queries", self.vocab_size)
-        if q.shape[0] != 1:
-            raise SparseIndexError(f"search takes a 1-row query matrix, got {q.shape[0]} rows; use batch_search")
-        ids, scores = self._run(q, k, query_cut, heap_factor, exact, n_knn, allowed, threads=1)
-        n = int(np.count_nonzero(ids[0] >= 0))
+        # fast path: an already canonical float32/int32 CSR row is used as it is (the per-query
+        # Python overhead is a visible share of a ~100 us search)
+        if (type(query) in _CSR_TYPES and query.shape == (1, self.vocab_size) and query.dtype == np.float32
+                and query.indices.dtype == np.int32 and query.has_canonical_format
+                and _search.valid_weights(query.data)):
+            q = query
+        else:
+            q = _canonical(query, "queries", self.vocab_size)
+            if q.shape[0] != 1:
+                raise SparseIndexError(f"search takes a 1-row query matrix, got {q.shape[0]} rows; use batch_search")
+        opts = self._options(k, query_cut, heap_factor, n_knn, allowed)
+        kk = opts[0]
+        ids = np.empty((1, kk), dtype=np.int64)
+        scores = np.empty((1, kk), dtype=np.float32)
+        n = self._work(q, opts, exact, 0, 1, ids, scores)
         return ids[0, :n], scores[0, :n]
 
     def batch_search(self, queries: sp.spmatrix, k: int = 10, *, query_cut: int | None = None,
@@ -244,10 +272,24 @@ class SparseIndex:
         Queries run in parallel on `threads` threads (default: CPU count), each single-threaded.
         """
         q = _canonical(queries, "queries", self.vocab_size)
-        return self._run(q, k, query_cut, heap_factor, exact, n_knn, allowed, threads or _default_threads())
+        opts = self._options(k, query_cut, heap_factor, n_knn, allowed)
+        kk = opts[0]
+        nq = q.shape[0]
+        ids = np.full((nq, k), -1, dtype=np.int64)
+        scores = np.zeros((nq, k), dtype=np.float32)
+        n_threads = max(1, min(threads or _default_threads(), nq))
+        if n_threads == 1:
+            self._work(q, opts, exact, 0, nq, ids[:, :kk], scores[:, :kk])
+        else:
+            bounds = np.linspace(0, nq, n_threads * 4 + 1).astype(int)
+            with ThreadPoolExecutor(n_threads) as pool:
+                list(pool.map(lambda a, b: self._work(q, opts, exact, a, b, ids[:, :kk], scores[:, :kk]),
+                              bounds[:-1], bounds[1:]))
+        return ids, scores
 
-    def _run(self, q: sp.csr_matrix, k: int, query_cut: int | None, heap_factor: float | None, exact: bool,
-             n_knn: int | None, allowed: np.ndarray | None, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    def _options(self, k: int, query_cut: int | None, heap_factor: float | None, n_knn: int | None,
+                 allowed: np.ndarray | None) -> tuple:
+        """Validated (heap size, query_cut, heap_factor, n_knn, allowed mask, mask in use)."""
         if k < 1:
             raise SparseIndexError(f"k must be >= 1, got {k}")
         p = self.params
@@ -256,42 +298,25 @@ class SparseIndex:
         nk = p.n_knn if n_knn is None else int(n_knn)
         if qc < 1 or not hf >= 0 or nk < 0:
             raise SparseIndexError(f"need query_cut >= 1, heap_factor >= 0, n_knn >= 0; got {qc}, {hf}, {nk}")
-        use_allowed = allowed is not None
-        if use_allowed:
-            allowed = np.asarray(allowed)
-            if allowed.dtype != np.bool_ or allowed.shape != (self.n_docs,):
-                raise SparseIndexError(f"allowed must be a bool array of shape ({self.n_docs},), "
-                                       f"got {allowed.dtype} {allowed.shape}")
-        else:
-            allowed = self._no_filter
-        nq = q.shape[0]
-        out_ids = np.empty((nq, k), dtype=np.int64)
-        out_scores = np.empty((nq, k), dtype=np.float32)
-        q_ptr = q.indptr.astype(np.int64, copy=False)
-        kk = min(k, max(self.n_docs, 1))  # the heap never needs more than n_docs slots
+        if allowed is None:
+            return min(k, max(self.n_docs, 1)), qc, hf, nk, self._no_filter, False
+        allowed = np.asarray(allowed)
+        if allowed.dtype != np.bool_ or allowed.shape != (self.n_docs,):
+            raise SparseIndexError(f"allowed must be a bool array of shape ({self.n_docs},), "
+                                   f"got {allowed.dtype} {allowed.shape}")
+        return min(k, max(self.n_docs, 1)), qc, hf, nk, allowed, True
 
-        def work(a: int, b: int) -> None:
-            s = self._scratch
-            if exact:
-                _search.exact_range(q_ptr, q.indices, q.data, a, b, kk, self._a["fwd_ptr"], self._a["fwd_terms"],
-                                    self._a["fwd_vals"], allowed, use_allowed, s.qdense,
-                                    out_ids[:, :kk], out_scores[:, :kk])
-            else:
-                _search.search_range(q_ptr, q.indices, q.data, a, b, kk, qc, hf, nk, *self._idx_args,
-                                     self._a["knn"], allowed, use_allowed, s.qdense, s.visited, s.stamp,
-                                     s.bscore, s.border, out_ids[:, :kk], out_scores[:, :kk])
-
-        n_threads = max(1, min(threads, nq))
-        if n_threads == 1:
-            work(0, nq)
-        else:
-            bounds = np.linspace(0, nq, n_threads * 4 + 1).astype(int)
-            with ThreadPoolExecutor(n_threads) as pool:
-                list(pool.map(work, bounds[:-1], bounds[1:]))
-        if kk < k:
-            out_ids[:, kk:] = -1
-            out_scores[:, kk:] = 0.0
-        return out_ids, out_scores
+    def _work(self, q: sp.csr_matrix, opts: tuple, exact: bool, a: int, b: int, ids: np.ndarray,
+              scores: np.ndarray) -> int:
+        """Queries [a, b) on the calling thread with its scratch; returns the last one's hit count."""
+        kk, qc, hf, nk, allowed, use_allowed = opts
+        s = self._scratch
+        if exact:
+            return _search.exact_range(q.indptr, q.indices, q.data, a, b, kk, *self._fwd, allowed, use_allowed,
+                                       s.qdense, ids, scores)
+        return _search.search_range(q.indptr, q.indices, q.data, a, b, kk, qc, hf, nk, *self._idx_args,
+                                    self._a["knn"], allowed, use_allowed, s.qdense, s.visited, s.stamp,
+                                    s.bscore, s.border, ids, scores)
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -301,9 +326,9 @@ class SparseIndex:
 
     def stats(self) -> dict[str, int]:
         a = self._a
-        return {"n_docs": self.n_docs, "vocab_size": self.vocab_size, "nnz": int(a["fwd_terms"].size),
+        return {"n_docs": self.n_docs, "vocab_size": self.vocab_size, "nnz": int(a["fwd_buf"][a["fwd_ptr"][:-1]].sum()) if self.n_docs else 0,
                 "postings": int(a["block_docs"].size), "blocks": int(a["block_scale"].size),
-                "summary_entries": int(a["ent_val"].size), "bytes": self.nbytes}
+                "summary_entries": int(a["ent"].size), "bytes": self.nbytes}
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -316,10 +341,10 @@ def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 
-def _narrow(arrays: dict[str, np.ndarray], vocab: int) -> None:
-    """Use uint16 term ids and local block ids where they fit: less memory traffic per query."""
-    if vocab <= 65536:
-        arrays["fwd_terms"] = arrays["fwd_terms"].astype(np.uint16)
-        arrays["dict_terms"] = arrays["dict_terms"].astype(np.uint16)
-    if arrays["ent_block"].size == 0 or arrays["ent_block"].max() < 65536:
-        arrays["ent_block"] = arrays["ent_block"].astype(np.uint16)
+def _smallest_uint(x: np.ndarray) -> np.ndarray:
+    """uint16 or uint32 when the values fit (less memory traffic per query), else int64."""
+    top = int(x.max()) if x.size else 0
+    for dt in (np.uint16, np.uint32):
+        if top <= np.iinfo(dt).max:
+            return x.astype(dt)
+    return x.astype(np.int64)

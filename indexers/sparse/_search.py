@@ -14,9 +14,35 @@ with the query (score 0) are never returned; missing results are padded with id 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-STAMP_LIMIT = np.int64(2**31 - 2)
+PREFETCH_AHEAD = 3  # postings ahead whose forward record is prefetched while scoring the current one
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # noqa: ANN001, ANN202
+    """LLVM's prefetch hint for &arr[idx]: hides the cache miss of the next documents' records."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        arrty = signature.args[0]
+        ary = context.make_array(arrty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer2(
+            context, builder, data=ary.data, shape=cgutils.unpack_tuple(builder, ary.shape),
+            strides=cgutils.unpack_tuple(builder, ary.strides), layout=arrty.layout, inds=[args[1]],
+            wraparound=False, boundscheck=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
 
 
 @njit(cache=True, inline="always")
@@ -82,42 +108,88 @@ def _heap_emit(hs, hd, n, out_ids, out_scores):  # noqa: ANN001, ANN202
     for i in range(n, out_ids.shape[0]):
         out_ids[i] = -1
         out_scores[i] = 0.0
+    return n
 
 
 @njit(cache=True, inline="always")
-def _doc_score(d, fwd_ptr, fwd_terms, fwd_vals, qdense):  # noqa: ANN001, ANN202
-    s = np.float32(0.0)
-    for p in range(fwd_ptr[d], fwd_ptr[d + 1]):
-        s += qdense[fwd_terms[p]] * fwd_vals[p]
-    return s
+def _doc_score(o, fwd_buf, fwd_t, fwd_v, tshift, qdense):  # noqa: ANN001, ANN202
+    """Dot product of the query with the forward record at word `o`: [n][n term ids][n float32 values].
+
+    Term ids are uint16 (two per word, tshift=1) or uint32 (tshift=0); one record is contiguous, so
+    scoring a document costs one cache miss, not one per array."""
+    n = np.int64(fwd_buf[o])
+    tb = (o + 1) << tshift
+    vb = o + 1 + ((n + (1 << tshift) - 1) >> tshift)
+    # four independent partial sums in a fixed order: not bound by the latency of one float add
+    # chain, and still deterministic (exact and approximate mode give bit-identical scores)
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    n4 = n & ~3
+    for j in range(0, n4, 4):
+        s0 += qdense[fwd_t[tb + j]] * fwd_v[vb + j]
+        s1 += qdense[fwd_t[tb + j + 1]] * fwd_v[vb + j + 1]
+        s2 += qdense[fwd_t[tb + j + 2]] * fwd_v[vb + j + 2]
+        s3 += qdense[fwd_t[tb + j + 3]] * fwd_v[vb + j + 3]
+    for j in range(n4, n):
+        s0 += qdense[fwd_t[tb + j]] * fwd_v[vb + j]
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_record(fwd_buf, o):  # noqa: ANN001, ANN202
+    _prefetch(fwd_buf, o)
+    _prefetch(fwd_buf, o + 16)
+    _prefetch(fwd_buf, o + 32)
+    _prefetch(fwd_buf, o + 48)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_list(t, list_block_ptr, list_dict_ptr, dict_terms, block_scale, block_doc_ptr):  # noqa: ANN001, ANN202
+    """Prefetch the summary dictionary and block arrays of list t (what _score_blocks reads first)."""
+    d0 = list_dict_ptr[t]
+    d1 = list_dict_ptr[t + 1]
+    for i in range(d0, d1, 32):
+        _prefetch(dict_terms, i)
+    g0 = list_block_ptr[t]
+    g1 = list_block_ptr[t + 1]
+    for g in range(g0, g1, 16):
+        _prefetch(block_scale, g)
+    for g in range(g0, g1, 8):
+        _prefetch(block_doc_ptr, g)
 
 
 @njit(cache=True)
 def _next_stamp(visited, stamp):  # noqa: ANN001, ANN202
+    """Stamps are uint8: the visited array stays small enough for the L2 cache; it is cleared once
+    every 255 queries."""
     stamp[0] += 1
-    if stamp[0] >= STAMP_LIMIT:
+    if stamp[0] > 255:
         visited[:] = 0
         stamp[0] = 1
-    return np.int32(stamp[0])
+    return np.uint8(stamp[0])
 
 
 @njit(cache=True)
-def _score_blocks(t, q_terms, q_vals, list_block_ptr, list_dict_ptr, dict_terms, dict_ent_ptr,
-                  ent_block, ent_val, block_scale, bscore):  # noqa: ANN001, ANN202
+def _score_blocks(t, q_terms, q_vals, list_block_ptr, list_dict_ptr, dict_terms, list_ent_ptr, dict_ent_end,
+                  ent, block_scale, bscore):  # noqa: ANN001, ANN202
     """Summary scores of every block of list t, by intersecting the sorted query terms with the
-    list's summary dictionary (term -> (block, 8-bit value)); only matching entries are touched."""
+    list's summary dictionary (term -> packed (block << 8 | 8-bit value) entries): only the
+    entries of matching terms are read, not every summary entry."""
     b0 = list_block_ptr[t]
     nb = list_block_ptr[t + 1] - b0
     for b in range(nb):
         bscore[b] = 0.0
-    lo = list_dict_ptr[t]
+    d0 = list_dict_ptr[t]
+    lo = d0
     hi = list_dict_ptr[t + 1]
+    e0 = list_ent_ptr[t]
     for j in range(q_terms.shape[0]):
         if lo >= hi:
             break
         qt = q_terms[j]
-        # lower bound of qt in dict_terms[lo:hi]
-        a = lo
+        a = lo  # lower bound of qt in dict_terms[lo:hi]
         z = hi
         while a < z:
             m = (a + z) >> 1
@@ -128,8 +200,10 @@ def _score_blocks(t, q_terms, q_vals, list_block_ptr, list_dict_ptr, dict_terms,
         lo = a
         if a < hi and dict_terms[a] == qt:
             w = q_vals[j]
-            for e in range(dict_ent_ptr[a], dict_ent_ptr[a + 1]):
-                bscore[ent_block[e]] += w * np.float32(ent_val[e])
+            start = e0 + (dict_ent_end[a - 1] if a > d0 else 0)
+            for e in range(start, e0 + dict_ent_end[a]):
+                x = ent[e]
+                bscore[x >> 8] += w * np.float32(x & 255)
             lo = a + 1
     for b in range(nb):
         bscore[b] *= block_scale[b0 + b]
@@ -157,9 +231,9 @@ def _sift_down_blocks(order, n, i, bscore):  # noqa: ANN001, ANN202
 
 @njit(cache=True)
 def _search_one(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
-                fwd_ptr, fwd_terms, fwd_vals,
-                list_block_ptr, block_doc_ptr, block_docs, block_scale,
-                list_dict_ptr, dict_terms, dict_ent_ptr, ent_block, ent_val,
+                fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift,
+                list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale,
+                list_dict_ptr, dict_terms, list_ent_ptr, dict_ent_end, ent,
                 knn, allowed, use_allowed,
                 qdense, visited, stamp, bscore, border, hs, hd, out_ids, out_scores):  # noqa: ANN001, ANN202
     """Approximate top-k of one query (terms sorted ascending, unique, weights > 0)."""
@@ -172,16 +246,22 @@ def _search_one(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
     n = 0
     for r in range(min(query_cut, nq)):
         t = q_terms[by_weight[r]]
-        nb = _score_blocks(t, q_terms, q_vals, list_block_ptr, list_dict_ptr, dict_terms,
-                           dict_ent_ptr, ent_block, ent_val, block_scale, bscore)
+        nb = _score_blocks(t, q_terms, q_vals, list_block_ptr, list_dict_ptr, dict_terms, list_ent_ptr,
+                           dict_ent_end, ent, block_scale, bscore)
         if nb == 0:
             continue
+        if r + 1 < min(query_cut, nq):  # fetch the next list's summary dictionary during this list's scan
+            _prefetch_list(q_terms[by_weight[r + 1]], list_block_ptr, list_dict_ptr, dict_terms, block_scale,
+                           block_doc_ptr)
         b0 = list_block_ptr[t]
         # lazy max-heap over blocks: pop the best remaining block until one can be skipped
         for b in range(nb):
             border[b] = b
         for i in range((nb >> 1) - 1, -1, -1):
             _sift_down_blocks(border, nb, i, bscore)
+        g = b0 + border[0]
+        for p in range(block_doc_ptr[g], min(block_doc_ptr[g + 1], block_doc_ptr[g] + PREFETCH_AHEAD)):
+            _prefetch_record(fwd_buf, block_offs[p])
         m = nb
         while m > 0:
             b = border[0]
@@ -191,21 +271,29 @@ def _search_one(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
             border[0] = border[m]
             _sift_down_blocks(border, m, 0, bscore)
             g = b0 + b
-            for p in range(block_doc_ptr[g], block_doc_ptr[g + 1]):
+            p0 = block_doc_ptr[g]
+            p1 = block_doc_ptr[g + 1]
+            if m > 0:  # the next block is likely scanned too: start fetching its first records
+                gn = b0 + border[0]
+                pn = block_doc_ptr[gn]
+                for p in range(pn, min(block_doc_ptr[gn + 1], pn + PREFETCH_AHEAD)):
+                    _prefetch_record(fwd_buf, block_offs[p])
+            for p in range(p0, p1):
+                if p + PREFETCH_AHEAD < p1:
+                    _prefetch_record(fwd_buf, block_offs[p + PREFETCH_AHEAD])
                 d = block_docs[p]
                 if visited[d] == cur:
                     continue
                 visited[d] = cur
                 if use_allowed and not allowed[d]:
                     continue
-                s = _doc_score(d, fwd_ptr, fwd_terms, fwd_vals, qdense)
+                s = _doc_score(np.int64(block_offs[p]), fwd_buf, fwd_t, fwd_v, tshift, qdense)
                 if s > 0.0:
                     n = _heap_push(hs, hd, n, k, s, d)
     if n_knn > 0 and knn.shape[1] > 0 and n > 0:
         # kNN refinement (Bruch et al., CIKM 2024): score the neighbours of the current results
-        base_n = n
-        base = hd[:base_n].copy()
-        for i in range(base_n):
+        base = hd[:n].copy()
+        for i in range(base.shape[0]):
             src = base[i]
             for j in range(min(n_knn, knn.shape[1])):
                 d = knn[src, j]
@@ -216,37 +304,40 @@ def _search_one(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
                 visited[d] = cur
                 if use_allowed and not allowed[d]:
                     continue
-                s = _doc_score(d, fwd_ptr, fwd_terms, fwd_vals, qdense)
+                s = _doc_score(fwd_ptr[d], fwd_buf, fwd_t, fwd_v, tshift, qdense)
                 if s > 0.0:
                     n = _heap_push(hs, hd, n, k, s, d)
     for j in range(nq):
         qdense[q_terms[j]] = 0.0
-    _heap_emit(hs, hd, n, out_ids, out_scores)
+    return _heap_emit(hs, hd, n, out_ids, out_scores)
 
 
 @njit(cache=True, nogil=True)
 def search_range(q_ptr, q_terms, q_vals, start, stop, k, query_cut, heap_factor, n_knn,
-                 fwd_ptr, fwd_terms, fwd_vals,
-                 list_block_ptr, block_doc_ptr, block_docs, block_scale,
-                 list_dict_ptr, dict_terms, dict_ent_ptr, ent_block, ent_val,
+                 fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift,
+                 list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale,
+                 list_dict_ptr, dict_terms, list_ent_ptr, dict_ent_end, ent,
                  knn, allowed, use_allowed,
                  qdense, visited, stamp, bscore, border, out_ids, out_scores):  # noqa: ANN001, ANN202
-    """Approximate search of queries [start, stop) of a CSR batch into rows of out_ids/out_scores."""
+    """Approximate search of queries [start, stop) of a CSR batch into the same rows of
+    out_ids/out_scores; returns the last query's hit count."""
     hs = np.empty(k, dtype=np.float32)
     hd = np.empty(k, dtype=np.int64)
+    n = 0
     for i in range(start, stop):
         a = q_ptr[i]
         z = q_ptr[i + 1]
-        _search_one(q_terms[a:z], q_vals[a:z], k, query_cut, heap_factor, n_knn,
-                    fwd_ptr, fwd_terms, fwd_vals,
-                    list_block_ptr, block_doc_ptr, block_docs, block_scale,
-                    list_dict_ptr, dict_terms, dict_ent_ptr, ent_block, ent_val,
+        n = _search_one(q_terms[a:z], q_vals[a:z], k, query_cut, heap_factor, n_knn,
+                    fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift,
+                    list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale,
+                    list_dict_ptr, dict_terms, list_ent_ptr, dict_ent_end, ent,
                     knn, allowed, use_allowed,
                     qdense, visited, stamp, bscore, border, hs, hd, out_ids[i], out_scores[i])
+    return n
 
 
 @njit(cache=True, nogil=True)
-def exact_range(q_ptr, q_terms, q_vals, start, stop, k, fwd_ptr, fwd_terms, fwd_vals,
+def exact_range(q_ptr, q_terms, q_vals, start, stop, k, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift,
                 allowed, use_allowed, qdense, out_ids, out_scores):  # noqa: ANN001, ANN202
     """Brute force over the forward index: the ground truth the approximate search is judged by."""
     hs = np.empty(k, dtype=np.float32)
@@ -261,9 +352,19 @@ def exact_range(q_ptr, q_terms, q_vals, start, stop, k, fwd_ptr, fwd_terms, fwd_
         for d in range(n_docs):
             if use_allowed and not allowed[d]:
                 continue
-            s = _doc_score(d, fwd_ptr, fwd_terms, fwd_vals, qdense)
+            s = _doc_score(fwd_ptr[d], fwd_buf, fwd_t, fwd_v, tshift, qdense)
             if s > 0.0:
                 n = _heap_push(hs, hd, n, k, s, d)
         for j in range(a, z):
             qdense[q_terms[j]] = 0.0
-        _heap_emit(hs, hd, n, out_ids[i], out_scores[i])
+        n = _heap_emit(hs, hd, n, out_ids[i], out_scores[i])
+    return n
+
+
+@njit(cache=True)
+def valid_weights(vals):  # noqa: ANN001, ANN201
+    """All weights finite and non-negative (summaries are max-based upper bounds)."""
+    for x in vals:
+        if not (x >= 0.0 and x < np.inf):
+            return False
+    return True
