@@ -123,7 +123,13 @@ class OnnxQueryModel:
         input_names = [name for name in INPUT_NAMES if name in sample]
         folder = cache_root() / _cache_key(source, pooling, input_names)
         if not (folder / MODEL_FILE).is_file():
-            _export(model, source, pooling, input_names, folder)
+            try:
+                _export(model, source, pooling, input_names, folder)
+            except OSError as exc:
+                raise EncoderError(
+                    f"cannot write the ONNX export of {source.name!r} under {folder.parent}: {exc}; "
+                    "set TRIDENT_CACHE to a writable folder or use backend='torch'"
+                ) from exc
         return cls(_session(folder / MODEL_FILE, threads), tokenizer, input_names, max_length)
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from encoders import DenseEncoder, EncoderConfigError, ModelLoadError, SparseEncoder, document_text
+from encoders import DenseEncoder, EncoderConfigError, EncoderError, ModelLoadError, SparseEncoder, document_text
 from encoders.models import DENSE_DEFAULT, SPARSE_DEFAULT, carried_model_dir, folder_revision, resolve_model
 from encoders.sparse import prune_top_k
 
@@ -318,6 +318,14 @@ def test_onnx_export_is_cached_atomically(
     assert [(folder / "model.onnx").stat().st_mtime_ns for folder in sorted((onnx_cache / "onnx").iterdir())] == stamps
     meta = json.loads((exports[0] / "meta.json").read_text())
     assert meta["quantization"] == "dynamic-int8-per-channel"
+
+
+def test_unwritable_onnx_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TRIDENT_CACHE", str(blocker))
+    with pytest.raises(EncoderError, match="TRIDENT_CACHE"):
+        SparseEncoder(device="cpu", threads=1, backend="onnx")
 
 
 # ---- real data (slow) -------------------------------------------------------------------------------
