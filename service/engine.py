@@ -192,13 +192,17 @@ class Engine:
         allowed: np.ndarray | None = None,
         *,
         exact: bool = False,
+        vectors: dict[Retriever, Any] | None = None,
     ) -> dict[Retriever, RetrieverRun]:
         """Run the retrievers concurrently; each returns its top ``depths[r]`` allowed documents.
 
         ``exact`` makes the sparse retriever score every document (its brute-force ground truth).
+        ``vectors`` are query encodings made by the caller (the sharded router in ``cluster/``
+        encodes once for all shards); retrievers without one encode the query here.
         """
+        given = vectors or {}
         tasks: dict[Retriever, Callable[[], RetrieverRun]] = {
-            r: (lambda r=r: self._run_one(r, query, depths[r], allowed, exact)) for r in retrievers
+            r: (lambda r=r: self._run_one(r, query, depths[r], allowed, exact, given.get(r))) for r in retrievers
         }
         names = list(tasks)
         futures: dict[Retriever, Future[RetrieverRun]] = {
@@ -210,13 +214,15 @@ class Engine:
         return {r: out[r] for r in retrievers}
 
     def _run_one(
-        self, name: Retriever, query: str, depth: int, allowed: np.ndarray | None, exact: bool = False
+        self, name: Retriever, query: str, depth: int, allowed: np.ndarray | None, exact: bool = False,
+        vector: Any = None,
     ) -> RetrieverRun:
         if name == "bm25":
             return self._run_bm25(query, depth, allowed)
         encoder = self.sparse_encoder if name == "sparse" else self.dense_encoder
         start = time.perf_counter()
-        vector = encoder.encode_queries([query])
+        if vector is None:
+            vector = encoder.encode_queries([query])
         encode_ms = _ms(start)
         start = time.perf_counter()
         if name == "sparse":
