@@ -71,12 +71,43 @@ class Contribution:
 
 
 @dataclass(frozen=True, slots=True)
-class FusedHit:
-    """A fused result with the per-run breakdown that produced its score."""
+class _Column:
+    """One run's values over the union of fused documents (rank 0 = not returned)."""
 
-    docid: str
-    score: float
-    contributions: dict[str, Contribution]
+    weight: float
+    rank: np.ndarray
+    raw: np.ndarray
+    normalized: np.ndarray
+
+
+class FusedHit:
+    """A fused result; ``contributions`` gives the per-run breakdown that produced its score.
+
+    The breakdown is built on first access: a fusion yields a few hundred candidates, and only the
+    page that is shown (with ``explain``) needs it.
+    """
+
+    __slots__ = ("_columns", "_row", "docid", "score")
+
+    def __init__(self, docid: str, score: float, row: int, columns: dict[str, _Column]) -> None:
+        self.docid = docid
+        self.score = score
+        self._row = row
+        self._columns = columns
+
+    @property
+    def contributions(self) -> dict[str, Contribution]:
+        out = {}
+        for name, col in self._columns.items():
+            rank = int(col.rank[self._row])
+            value = float(col.normalized[self._row])
+            out[name] = Contribution(
+                rank or None, float(col.raw[self._row]) if rank else None, value, col.weight * value
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return f"FusedHit({self.docid!r}, {self.score!r})"
 
 
 def ranked(run: Run) -> list[Hit]:
@@ -114,28 +145,38 @@ NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def normalize(run: Run, method: str = "minmax") -> Normalized:
-    """Normalise one run's scores and give the value an absent document receives."""
+def _normalized_values(hits: Sequence[Hit], method: str) -> tuple[np.ndarray, float]:
+    """Normalised scores aligned with ``hits`` and the value for absent documents."""
     try:
         fn = NORMALIZERS[method]
     except KeyError:
         raise FusionError(
             f"unknown normalization {method!r}; choose one of {sorted(NORMALIZERS)}"
         ) from None
-    hits = ranked(run)
     if not hits:
-        return Normalized({}, 0.0)
+        return np.zeros(0), 0.0
     values = fn(np.fromiter((h.score for h in hits), dtype=np.float64, count=len(hits)))
-    scores = {h.docid: float(v) for h, v in zip(hits, values, strict=True)}
-    missing = 0.0 if method == "minmax" else float(values.min())
-    return Normalized(scores, missing)
+    return values, 0.0 if method == "minmax" else float(values.min())
+
+
+def _reciprocal_values(hits: Sequence[Hit], k: float) -> tuple[np.ndarray, float]:
+    if not (math.isfinite(k) and k >= 0):
+        raise FusionError(f"rrf_k must be a finite number >= 0, got {k!r}")
+    return 1.0 / (k + np.arange(1, len(hits) + 1, dtype=np.float64)), 0.0
+
+
+def normalize(run: Run, method: str = "minmax") -> Normalized:
+    """Normalise one run's scores and give the value an absent document receives."""
+    hits = ranked(run)
+    values, missing = _normalized_values(hits, method)
+    return Normalized({h.docid: float(v) for h, v in zip(hits, values, strict=True)}, missing)
 
 
 def reciprocal_ranks(run: Run, k: float = DEFAULT_RRF_K) -> Normalized:
     """RRF's per-run term 1 / (k + rank), rank 1-based; absent documents get 0."""
-    if not (math.isfinite(k) and k >= 0):
-        raise FusionError(f"rrf_k must be a finite number >= 0, got {k!r}")
-    return Normalized({h.docid: 1.0 / (k + i) for i, h in enumerate(ranked(run), start=1)}, 0.0)
+    hits = ranked(run)
+    values, missing = _reciprocal_values(hits, k)
+    return Normalized({h.docid: float(v) for h, v in zip(hits, values, strict=True)}, missing)
 
 
 def _named(runs: Runs) -> dict[str, Run]:
@@ -177,32 +218,34 @@ def fuse(
     """
     named = _named(runs)
     w = _weights(list(named), weights)
-    per_run: dict[str, tuple[list[Hit], Normalized]] = {}
-    for name, run in named.items():
-        hits = ranked(run)
+    if method not in ("rrf", "interpolation"):
+        raise FusionError(f"unknown fusion method {method!r}; choose 'rrf' or 'interpolation'")
+    lists = {name: ranked(run) for name, run in named.items()}
+    row: dict[str, int] = {}
+    for hits in lists.values():
+        for h in hits:
+            row.setdefault(h.docid, len(row))
+    n = len(row)
+    total = np.zeros(n)
+    columns: dict[str, _Column] = {}
+    for name, hits in lists.items():
         if method == "rrf":
-            norm = reciprocal_ranks(hits, rrf_k)
-        elif method == "interpolation":
-            norm = normalize(hits, normalization)
+            values, missing = _reciprocal_values(hits, rrf_k)
         else:
-            raise FusionError(f"unknown fusion method {method!r}; choose 'rrf' or 'interpolation'")
-        per_run[name] = (hits, norm)
-
-    docids = {h.docid for hits, _ in per_run.values() for h in hits}
-    positions = {
-        name: {h.docid: (rank, h.score) for rank, h in enumerate(hits, start=1)}
-        for name, (hits, _) in per_run.items()
-    }
-    fused: list[FusedHit] = []
-    for docid in docids:
-        parts: dict[str, Contribution] = {}
-        for name, (_, norm) in per_run.items():
-            rank, raw = positions[name].get(docid, (None, None))
-            value = norm.scores.get(docid, norm.missing)
-            parts[name] = Contribution(rank, raw, value, w[name] * value)
-        fused.append(FusedHit(docid, sum(c.weighted for c in parts.values()), parts))
-    fused.sort(key=lambda f: (-f.score, f.docid))
-    return fused
+            values, missing = _normalized_values(hits, normalization)
+        rows = np.fromiter((row[h.docid] for h in hits), dtype=np.int64, count=len(hits))
+        normalized = np.full(n, missing)
+        normalized[rows] = values
+        rank = np.zeros(n, dtype=np.int64)
+        rank[rows] = np.arange(1, len(hits) + 1)
+        raw = np.full(n, np.nan)
+        raw[rows] = np.fromiter((h.score for h in hits), dtype=np.float64, count=len(hits))
+        total += w[name] * normalized  # runs added in order: the same sum as a scalar loop
+        columns[name] = _Column(w[name], rank, raw, normalized)
+    docids = list(row)
+    scores = total.tolist()
+    order = sorted(range(n), key=lambda i: (-scores[i], docids[i]))
+    return [FusedHit(docids[i], scores[i], i, columns) for i in order]
 
 
 def rrf(runs: Runs, k: float = DEFAULT_RRF_K, weights: Weights = None) -> list[Hit]:
