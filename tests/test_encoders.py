@@ -306,6 +306,8 @@ def test_onnx_is_deterministic_and_batch_independent(sparse_onnx: SparseEncoder,
     assert np.array_equal(together, dense_onnx.encode_queries(QUERIES))
     assert np.array_equal(together[1:2], dense_onnx.encode_queries(QUERIES[1:2]))
     assert (sparse_onnx.encode_queries(QUERIES)[1] != sparse_onnx.encode_queries(QUERIES[1:2])).nnz == 0
+    assert sparse_onnx.encode_queries([]).shape == (0, sparse_onnx.vocab_size)
+    assert dense_onnx.encode_queries([]).shape == (0, 384)
 
 
 def test_onnx_export_is_cached_atomically(
