@@ -237,7 +237,7 @@ def _encode(
         fn_constructor_kwargs={"config": config, "kinds": kinds},
         batch_size=max(config.batch_size * 4, 64),
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=worker_cpus,
         num_gpus=worker_gpus or None,
     )

@@ -5,7 +5,8 @@ Every shard is held by ``replicas`` Ray actors (:class:`ShardServer`), each a pl
 over the nodes. The router is the serving process itself (FastAPI/uvicorn as the Ray driver: about
 3 ms of fan-out per query here, where Ray Serve's HTTP ingress cost 10-25 ms).
 
-A query goes to one replica of every shard. Each shard returns, per retriever, its own top
+The router encodes the query once (int8 ONNX query encoders, loaded here) and sends the vectors
+with it to one replica of every shard. Each shard returns, per retriever, its own top
 ``depth`` hits with *raw* scores (filters applied inside the shard). The router merges each
 retriever's lists into the global top ``depth`` and then runs exactly the single-node path:
 ``Engine.search`` with its depth rules, fusion defaults and ``service.fusion`` (fusion and
@@ -57,6 +58,10 @@ class ShardServer:
 
     def __init__(self, shard_dir: str, query_backend: str = "onnx", threads: int = 3) -> None:
         self.engine = Engine.load(shard_dir, query_backend=query_backend, threads=threads)
+        # Compile and page in every query path now: a shard that reports ready meets its deadlines.
+        depths = {r: 10 for r in self.engine.retrievers}
+        for exact in (False, True):
+            self.engine.retrieve("warm up", self.engine.retrievers, depths, exact=exact)
 
     def ping(self) -> dict[str, Any]:
         import os
@@ -73,9 +78,10 @@ class ShardServer:
         depths: dict[Retriever, int],
         filters: dict[str, Any] | None,
         exact: bool,
+        vectors: dict[Retriever, Any],
     ) -> dict[Retriever, WireRun]:
         allowed = self.engine._mask(filters) if filters else None
-        runs = self.engine.retrieve(query, names, depths, allowed, exact=exact)
+        runs = self.engine.retrieve(query, names, depths, allowed, exact=exact, vectors=vectors)
         return {
             r: ([h.docid for h in run.hits], [h.score for h in run.hits], run.timings, run.warning)
             for r, run in runs.items()
@@ -217,6 +223,7 @@ class ShardedEngine(Engine):
         manifest: ShardedManifest,
         shards: ShardSet,
         retrievers: list[Retriever],
+        encoders: dict[Retriever, Any],
         *,
         deadline_s: float = DEFAULT_DEADLINE_S,
         default_depth: int = DEFAULT_DEPTH,
@@ -226,6 +233,7 @@ class ShardedEngine(Engine):
         self.manifest = manifest
         self.shards = shards
         self.retrievers = retrievers
+        self.encoders = encoders
         self.deadline_s = deadline_s
         self.default_depth = default_depth
         self._local = threading.local()
@@ -259,7 +267,8 @@ class ShardedEngine(Engine):
         shards.wait_ready(load_timeout_s)
         log.info("serving %s: %d documents in %d shards x %d replicas", path, manifest.doc_count,
                  manifest.n_shards, replicas)
-        return cls(path, manifest, shards, list(first.retrievers), deadline_s=deadline_s)
+        encoders = query_encoders(first, query_backend)
+        return cls(path, manifest, shards, list(first.retrievers), encoders, deadline_s=deadline_s)
 
     def close(self) -> None:
         self.shards.close()
@@ -292,17 +301,21 @@ class ShardedEngine(Engine):
 
         ``allowed`` is the request's filter dict (see :meth:`_mask`), applied inside each shard.
         """
-        start = time.perf_counter()
         names = list(retrievers)
-        args = {s: (query, names, depths, allowed, exact) for s in range(self.shards.n)}
+        vectors: dict[Retriever, Any] = {}
+        timings: dict[Retriever, dict[str, float]] = {r: {} for r in names}
+        for r in names:
+            if r in self.encoders:  # once here, not once per shard
+                start = time.perf_counter()
+                vectors[r] = self.encoders[r].encode_queries([query])
+                timings[r][f"encode_{r}"] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        args = {s: (query, names, depths, allowed, exact, vectors) for s in range(self.shards.n)}
         answers, missing = self.shards.call("retrieve", args, self._local.deadline)
         self._local.missing.update(missing)
+        timings[names[0]]["scatter"] = (time.perf_counter() - start) * 1e3
         runs = merge_runs(list(answers.values()), names, depths)
-        scatter_ms = (time.perf_counter() - start) * 1e3
-        first = names[0]
-        runs[first] = RetrieverRun(runs[first].hits, {**runs[first].timings, "scatter": scatter_ms},
-                                   runs[first].warning)
-        return runs
+        return {r: RetrieverRun(run.hits, {**run.timings, **timings[r]}, run.warning) for r, run in runs.items()}
 
     def _hydrate(self, page: list[Any], request: SearchRequest) -> list[SearchHit]:
         owners: dict[int, list[str]] = {}
@@ -342,9 +355,27 @@ class ShardedEngine(Engine):
     def info(self) -> IndexInfo:
         return IndexInfo(
             path=str(self.path), doc_count=self.manifest.doc_count, retrievers=self.retrievers,
-            default_fusion=self.default_fusion(), query_encoders={r: "in shard actors" for r in self.retrievers},
+            default_fusion=self.default_fusion(),
+            query_encoders={r: f"{e.name} ({getattr(e, 'backend', 'torch')}, in the router)"
+                            for r, e in self.encoders.items()},
             manifest=self.manifest.to_dict(),
         )
+
+
+def query_encoders(manifest: Any, backend: str) -> dict[Retriever, Any]:
+    """The index's query encoders, as ``Engine.load`` makes them, for the router to encode once."""
+    common = dict(device="cpu", max_length=int(manifest.params.get("max_length", 256)), threads=1,
+                  backend=backend)
+    out: dict[Retriever, Any] = {}
+    if "sparse" in manifest.retrievers:
+        from encoders.sparse import SparseEncoder
+
+        out["sparse"] = SparseEncoder(manifest.models["sparse"]["name"], **common)
+    if "dense" in manifest.retrievers:
+        from encoders.dense import DenseEncoder
+
+        out["dense"] = DenseEncoder(manifest.models["dense"]["name"], **common)
+    return out
 
 
 def merge_runs(
