@@ -115,6 +115,46 @@ def _cluster(docs, n_centroids, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v, head
     return assign
 
 
+_HIST_BINS = 256
+
+
+@njit(cache=True)
+def _energy_cut(vals, top, target, hist):  # noqa: ANN001, ANN202
+    """Smallest value v such that the values >= v sum to at least `target` (the summary energy cut).
+
+    A histogram over [0, top] finds the bin where the running sum from the top crosses the target;
+    only that bin's values are sorted. O(n) instead of sorting every block's values."""
+    if vals.shape[0] == 0 or top <= 0:
+        return np.float32(0.0)
+    nbins = hist.shape[0]
+    hist[:] = 0.0
+    for v in vals:
+        hist[min(nbins - 1, int(v / top * nbins))] += v
+    acc = 0.0
+    b = nbins - 1
+    while b > 0 and acc + hist[b] < target:
+        acc += hist[b]
+        b -= 1
+    m = 0
+    for v in vals:
+        if min(nbins - 1, int(v / top * nbins)) == b:
+            m += 1
+    inbin = np.empty(m, dtype=vals.dtype)
+    m = 0
+    for v in vals:
+        if min(nbins - 1, int(v / top * nbins)) == b:
+            inbin[m] = v
+            m += 1
+    inbin.sort()
+    cut = inbin[m - 1] if m > 0 else top
+    for r in range(m - 1, -1, -1):
+        acc += inbin[r]
+        cut = inbin[r]
+        if acc >= target:
+            break
+    return cut
+
+
 @njit(cache=True, nogil=True)
 def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v, vocab,
                 centroid_fraction, summary_energy, seed):  # noqa: ANN001, ANN202
@@ -144,6 +184,15 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
     head = np.empty(vocab, dtype=np.int32)
     head_stamp = np.zeros(vocab, dtype=np.int32)
     maxv = np.zeros(vocab, dtype=np.float32)
+    tcount = np.zeros(vocab, dtype=np.int64)
+    tcount_stamp = np.zeros(vocab, dtype=np.int32)
+    uniq = np.empty(vocab, dtype=np.int32)
+    touched = np.empty(vocab, dtype=np.int32)
+    vals = np.empty(vocab, dtype=np.float32)
+    trip_t = np.empty(1024, dtype=np.int32)
+    trip_b = np.empty(1024, dtype=np.int32)
+    trip_q = np.empty(1024, dtype=np.uint8)
+    hist = np.zeros(_HIST_BINS, dtype=np.float64)
     cur = 0
     for li in range(nl):
         t = lists[li]
@@ -169,22 +218,17 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
             grouped[pos[assign[i]]] = docs[i]
             pos[assign[i]] += 1
         # summaries: component-wise max, energy cut, 8-bit quantisation; collect (term, block, q)
-        trip_t = np.empty(1024, dtype=np.int32)
-        trip_b = np.empty(1024, dtype=np.int32)
-        trip_q = np.empty(1024, dtype=np.uint8)
         ntr = 0
         nb = 0
+        cur += 1
+        list_stamp = cur  # marks the list's distinct summary terms in tcount_stamp
+        n_uniq = 0
         for c in range(n_cent):
             s0 = cnt[c]
             s1 = cnt[c + 1]
             if s1 == s0:
                 continue
             cur += 1
-            n_touch = 0
-            for i in range(s0, s1):
-                d = grouped[i]
-                n_touch += fwd_ptr[d + 1] - fwd_ptr[d]
-            touched = np.empty(n_touch, dtype=np.int32)
             n_touch = 0
             for i in range(s0, s1):
                 d = grouped[i]
@@ -200,56 +244,62 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
                         n_touch += 1
                     elif v > maxv[u]:
                         maxv[u] = v
-            vals = np.empty(n_touch, dtype=np.float32)
             total = 0.0
             for i in range(n_touch):
                 vals[i] = maxv[touched[i]]
                 total += vals[i]
-            order = np.argsort(-vals, kind="mergesort")
-            kept = 0
-            acc = 0.0
-            while kept < n_touch:
-                acc += vals[order[kept]]
-                kept += 1
-                if acc >= summary_energy * total:
-                    break
-            top = vals[order[0]] if n_touch > 0 else np.float32(1.0)
+            top = np.float32(0.0)
+            for i in range(n_touch):
+                top = max(top, vals[i])
+            cut = _energy_cut(vals[:n_touch], top, summary_energy * total, hist)
             scale = np.float32(top / 255.0) if top > 0 else np.float32(1.0)
-            trip_t = _grow(trip_t, ntr, kept)
-            trip_b = _grow(trip_b, ntr, kept)
-            trip_q = _grow(trip_q, ntr, kept)
-            for r in range(kept):
+            trip_t = _grow(trip_t, ntr, n_touch)
+            trip_b = _grow(trip_b, ntr, n_touch)
+            trip_q = _grow(trip_q, ntr, n_touch)
+            for i in range(n_touch):
+                if vals[i] < cut:
+                    continue
+                u = touched[i]
                 # round up so a kept entry never under-estimates its document maximum
-                q = np.ceil(vals[order[r]] / scale)
-                trip_t[ntr] = touched[order[r]]
+                q = np.ceil(vals[i] / scale)
+                trip_t[ntr] = u
                 trip_b[ntr] = nb
                 trip_q[ntr] = np.uint8(min(255.0, max(1.0, q)))
                 ntr += 1
+                if tcount_stamp[u] != list_stamp:
+                    tcount_stamp[u] = list_stamp
+                    tcount[u] = 0
+                    uniq[n_uniq] = u
+                    n_uniq += 1
+                tcount[u] += 1
             block_size[nbk] = s1 - s0
             block_scale[nbk] = scale
             nbk += 1
             nb += 1
         list_nblocks[li] = nb
-        # transpose the list's summaries into a term-sorted dictionary
-        order = np.argsort(trip_t[:ntr], kind="mergesort")
-        dict_terms = _grow(dict_terms, nd, ntr)
-        dict_nent = _grow(dict_nent, nd, ntr)
+        # transpose the list's summaries into a term-sorted dictionary (bucket by term: blocks stay in
+        # ascending order inside a term)
+        terms_sorted = np.sort(uniq[:n_uniq])
+        dict_terms = _grow(dict_terms, nd, n_uniq)
+        dict_nent = _grow(dict_nent, nd, n_uniq)
         ent_block = _grow(ent_block, ne, ntr)
         ent_val = _grow(ent_val, ne, ntr)
-        prev = -1
         nd0 = nd
+        slot = ne
+        for r in range(n_uniq):
+            u = terms_sorted[r]
+            dict_terms[nd] = u
+            dict_nent[nd] = tcount[u]
+            nd += 1
+            tcount[u] = slot  # from here on: the next free entry of term u
+            slot += dict_nent[nd - 1]
         for r in range(ntr):
-            o = order[r]
-            u = trip_t[o]
-            if u != prev:
-                dict_terms[nd] = u
-                dict_nent[nd] = 0
-                nd += 1
-                prev = u
-            dict_nent[nd - 1] += 1
-            ent_block[ne] = trip_b[o]
-            ent_val[ne] = trip_q[o]
-            ne += 1
+            u = trip_t[r]
+            e = tcount[u]
+            ent_block[e] = trip_b[r]
+            ent_val[e] = trip_q[r]
+            tcount[u] = e + 1
+        ne += ntr
         list_ndict[li] = nd - nd0
     return (list_nblocks, list_ndict, block_size[:nbk].copy(), block_docs[:npst].copy(),
             block_scale[:nbk].copy(), dict_terms[:nd].copy(), dict_nent[:nd].copy(),
