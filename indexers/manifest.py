@@ -60,6 +60,11 @@ class Manifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{path} is not valid JSON: {exc}") from None
+        if data.get("kind") == "sharded":  # written by cluster/ (the Ray scale-out)
+            raise ManifestError(
+                f"{directory} is a sharded index: serve it with `trident serve --index {directory} "
+                "--ray-address ...`, or open one of its shard-NNNN directories"
+            )
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ManifestError(
