@@ -72,11 +72,12 @@ def test_end_to_end_search_per_retriever(reference: Path, corpus: Path) -> None:
     )
     assert sparse_ids[0] == QUERY_DOC
     dense = DenseIndex.load(reference / "dense")
-    dense_ids, _ = dense.search(DenseEncoder().encode_queries([query]), 3)
+    vector = DenseEncoder().encode_queries([query])
+    dense_ids, _ = dense.search(vector, 3)
     assert dense_ids[0, 0] == QUERY_DOC
     # a metadata filter from the docstore applies inside FAISS
     even = store.matching({"group": "even"})  # QUERY_DOC is odd
-    filtered, _ = dense.search(DenseEncoder().encode_queries([query]), 3, allowed=even)
+    filtered, _ = dense.search(vector, 3, allowed=even)
     assert even[filtered[0]].all() and QUERY_DOC not in filtered[0]
 
 
