@@ -57,7 +57,9 @@ def _sample_rows(
     keep = ~dup & (np.cumsum(~dup, axis=1) <= lengths[:, None])
     counts = keep.sum(axis=1)
     indices = cand[keep].astype(np.int32)
-    weights = rng.lognormal(mean=-0.3, sigma=0.7, size=indices.shape[0]).astype(np.float32)
+    # log-normal close to SPLADE-tiny document weights on WordNet (median 0.51, p10 0.08, p90 1.57,
+    # max 2.6: log(1 + ReLU) saturates), hence the cap
+    weights = np.minimum(rng.lognormal(mean=-0.65, sigma=0.9, size=indices.shape[0]), 3.0).astype(np.float32)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     m = sp.csr_matrix((weights, indices, indptr), shape=(n, vocab))

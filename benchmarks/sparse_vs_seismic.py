@@ -43,8 +43,8 @@ from indexers.sparse import SparseIndex, SparseParams  # noqa: E402
 log = logging.getLogger("sparse_vs_seismic")
 K = 10
 TARGETS = (0.90, 0.95, 0.99)
-QUERY_CUTS = (3, 5, 8, 10, 15, 20)
-HEAP_FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0)
+QUERY_CUTS = (3, 5, 8, 10, 15, 20, 30)
+HEAP_FACTORS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 # ---------------------------------------------------------------------------------------- anchors

@@ -307,18 +307,43 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
 
 
 @njit(cache=True, nogil=True)
-def forward_records(indptr, indices, data, narrow):  # noqa: ANN001, ANN202
-    """Pack CSR rows into one uint32 buffer of records [n][term ids][float32 values].
+def home_order(block_docs, block_doc_ptr, block_list, top_t, n_docs):  # noqa: ANN001, ANN202
+    """Storage order of the forward records: each document is placed with the other documents of
+    its *home block*, its block in the list of its heaviest term that kept it. A query scans the
+    blocks of its heaviest terms first, and their documents then sit in a few contiguous runs of
+    memory instead of one random cache miss each. Documents without a home go last."""
+    rank = np.full(n_docs, top_t.shape[1], dtype=np.int32)
+    home = np.full(n_docs, block_list.shape[0], dtype=np.int64)
+    for g in range(block_list.shape[0]):
+        t = block_list[g]
+        for p in range(block_doc_ptr[g], block_doc_ptr[g + 1]):
+            d = block_docs[p]
+            for r in range(rank[d]):
+                if top_t[d, r] == t:
+                    rank[d] = r
+                    home[d] = g
+                    break
+    return np.argsort(home * n_docs + np.arange(n_docs), kind="mergesort")
+
+
+@njit(cache=True, nogil=True)
+def forward_records(indptr, indices, data, narrow, order):  # noqa: ANN001, ANN202
+    """Pack CSR rows into one uint32 buffer of records [n][term ids][float32 values], written in
+    the given document order.
 
     Term ids take 16 bits when `narrow` (two per word, the last word zero-padded), else 32 bits.
-    Returns (word offset of each record, plus the end; buffer)."""
+    Returns (word offset of each document's record, plus the buffer size; buffer)."""
     n_docs = indptr.shape[0] - 1
     ptr = np.zeros(n_docs + 1, dtype=np.int64)
-    for d in range(n_docs):
+    o = 0
+    for i in range(n_docs):
+        d = order[i]
         n = indptr[d + 1] - indptr[d]
         tw = (n + 1) // 2 if narrow else n
-        ptr[d + 1] = ptr[d] + 1 + tw + n
-    buf = np.zeros(ptr[n_docs], dtype=np.uint32)
+        ptr[d] = o
+        o += 1 + tw + n
+    ptr[n_docs] = o
+    buf = np.zeros(o, dtype=np.uint32)
     t16 = buf.view(np.uint16)
     f32 = buf.view(np.float32)
     for d in range(n_docs):

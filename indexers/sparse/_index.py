@@ -5,7 +5,8 @@ layout minimises the distinct cache lines a query touches:
 
 * forward index (unpruned, float32 weights; exact scores only ever come from it): one uint32 buffer
   ``fwd_buf`` of per-document records ``[n][n term ids][n values]``, starting at word ``fwd_ptr[d]``.
-  Term ids are uint16 when the vocabulary has at most 65,536 terms, else uint32.
+  Term ids are uint16 when the vocabulary has at most 65,536 terms, else uint32. Records are stored
+  grouped by each document's home block (see ``_build.home_order``), not in id order.
 * posting lists cut into blocks: list ``t`` owns blocks ``list_block_ptr[t]:list_block_ptr[t+1]``,
   block ``g`` owns postings ``block_doc_ptr[g]:block_doc_ptr[g+1]``, each a document id
   (``block_docs``) and the word offset of its record (``block_offs``), so scoring a posting touches
@@ -121,7 +122,6 @@ class SparseIndex:
         fwd_ptr = m.indptr.astype(np.int64)
         fwd_terms = m.indices
         fwd_vals = m.data
-        rec_ptr, rec_buf = _build.forward_records(fwd_ptr, fwd_terms, fwd_vals, vocab <= NARROW_VOCAB)
         # posting lists: CSC, pruned to the heaviest entries (per-list cap, then a global threshold)
         csc = m.tocsc()
         col_ptr = csc.indptr.astype(np.int64)
@@ -162,6 +162,11 @@ class SparseIndex:
         list_ndict = np.concatenate([p[1] for p in parts]) if parts else np.zeros(vocab, np.int64)
         block_size = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
         block_docs = _cat([p[3] for p in parts], np.int32)
+        block_doc_ptr = _offsets(block_size)
+        list_block_ptr = _offsets(list_nblocks)
+        block_list = np.repeat(np.arange(vocab, dtype=np.int32), list_nblocks)
+        order = _build.home_order(block_docs, block_doc_ptr, block_list, top_t, n_docs)
+        rec_ptr, rec_buf = _build.forward_records(fwd_ptr, fwd_terms, fwd_vals, vocab <= NARROW_VOCAB, order)
         list_dict_ptr = _offsets(list_ndict)
         dict_ent_ptr = _offsets(_cat([p[6] for p in parts], np.int64))
         list_ent_ptr = dict_ent_ptr[list_dict_ptr]
@@ -169,8 +174,8 @@ class SparseIndex:
         ent = (_cat([p[7] for p in parts], np.uint32) << np.uint32(8)) | _cat([p[8] for p in parts], np.uint32)
         arrays: dict[str, np.ndarray] = {
             "fwd_ptr": rec_ptr, "fwd_buf": rec_buf,
-            "list_block_ptr": _offsets(list_nblocks),
-            "block_doc_ptr": _offsets(block_size),
+            "list_block_ptr": list_block_ptr,
+            "block_doc_ptr": block_doc_ptr,
             "block_docs": block_docs,
             "block_offs": _smallest_uint(rec_ptr[block_docs]),
             "block_scale": _cat([p[4] for p in parts], np.float32),

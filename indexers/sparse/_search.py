@@ -19,7 +19,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-PREFETCH_AHEAD = 3  # postings ahead whose forward record is prefetched while scoring the current one
+PREFETCH_AHEAD = 6  # postings ahead whose forward record is prefetched while scoring the current one
 
 
 @intrinsic
