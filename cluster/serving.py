@@ -164,11 +164,14 @@ class ShardSet:
         """Call ``method`` on one replica of each shard in ``args`` before ``deadline`` (monotonic).
 
         Returns the answers by shard and the shards that gave none. A domain error raised inside a
-        shard (a bad filter) is re-raised as itself; a lost replica is retried on another one.
+        shard (a bad filter) is re-raised as itself; a replica that fails is replaced by another one,
+        and a shard still silent halfway to the deadline (a replica on a lost node hangs rather than
+        fails) is hedged: asked again on another replica, the first answer wins.
         """
         ray = self.ray
         pending: dict[Any, Replica] = {}
         tried: dict[int, set[int]] = {s: set() for s in args}
+        hedge_at = time.monotonic() + (deadline - time.monotonic()) / 2
 
         def submit(shard: int) -> None:
             replica = self._pick(shard, tried[shard])
@@ -179,13 +182,20 @@ class ShardSet:
         for shard in args:
             submit(shard)
         answers: dict[int, Any] = {}
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        while pending and len(answers) < len(args):
+            now = time.monotonic()
+            if now >= deadline:
                 break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=remaining)
+            wake = hedge_at if now < hedge_at else deadline
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wake - now)
+            if not ready and hedge_at <= time.monotonic() < deadline and hedge_at > 0:
+                hedge_at = 0.0
+                for shard in {r.shard for r in pending.values()} - answers.keys():
+                    submit(shard)
             for ref in ready:
                 replica = pending.pop(ref)
+                if replica.shard in answers:
+                    continue  # a hedged twin answered first
                 try:
                     answers[replica.shard] = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:

@@ -122,6 +122,18 @@ def test_merge_keeps_the_global_top_depth_by_raw_score() -> None:
     assert run.timings == {"dense": 3.0} and run.warning == "w"
 
 
+def _wait_gone(pid: int, timeout_s: float = 60.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return  # exited; a zombie until its new parent reaps it
+        except OSError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} still alive {timeout_s} s after its node was killed")
+
+
 # -- build ------------------------------------------------------------------------------------------
 def test_sharded_build_is_a_complete_partition(sharded_dir: Path, single: Engine, corpus: Path) -> None:
     assert is_sharded(sharded_dir) and not is_sharded(single.path)
@@ -212,14 +224,34 @@ def test_lost_worker_node_gives_partial_results_within_the_deadline_then_recover
     request = _request(queries[1], "dense")
     full = sharded.search(request)
     head = ray_cluster.nodes[0].node_id
-    placed = [ray.get(reps[0].handle.ping.remote())["node_id"] for reps in sharded.shards.replicas]
+    pings = [ray.get(reps[0].handle.ping.remote()) for reps in sharded.shards.replicas]
+    placed = [p["node_id"] for p in pings]
     shard = next(i for i, node_id in enumerate(placed) if node_id != head)
     node = next(n for n in ray_cluster.nodes if n.node_id == placed[shard])
     lost = sorted(sharded.shards.names[i] for i, node_id in enumerate(placed) if node_id == placed[shard])
     ray_cluster.kill_node(node)
+    _wait_gone(pings[shard]["pid"])  # an orphaned actor can answer direct calls until it exits
     partial = sharded.search(request)  # returns by the deadline although the node is gone
     assert partial.partial and partial.missing_shards == lost
     for reps in sharded.shards.replicas:
         reps[0].avoid_until = 0.0
     assert_same_up_to_ties(_wait_full(sharded, request), full)
     ray_cluster.add_node()  # leave the cluster as big as we found it
+
+
+def test_a_replica_takes_over_when_one_dies(
+    ray_cluster: LocalCluster, sharded_dir: Path, queries: list[str]
+) -> None:
+    import ray
+
+    engine = ShardedEngine.connect(sharded_dir, address=ray_cluster.address, replicas=2, deadline_s=DEADLINE_S)
+    try:
+        request = _request(queries[2], "dense")
+        full = engine.search(request)
+        for reps in engine.shards.replicas:
+            ray.kill(reps[0].handle, no_restart=False)
+        answer = engine.search(request)  # every first choice is gone; the twins answer
+        assert not answer.partial
+        assert_same_up_to_ties(answer, full)
+    finally:
+        engine.close()
