@@ -58,6 +58,7 @@ def beir(
     max_queries: int | None = typer.Option(None, min=1, help="Evaluate only the first N queries (smoke runs)."),
     query_backend: str = typer.Option("onnx", help="Query encoder backend: onnx (int8, fast) or torch."),
     threads: int = typer.Option(3, min=1, help="Retriever threads per query (as the server uses)."),
+    gzip_runs: bool = typer.Option(False, "--gzip-runs", help="Write the TREC runs as .trec.gz."),
 ) -> None:
     """Evaluate every mode on a BEIR split; write report.md, report.json, a PNG and TREC runs."""
     from eval.beir import BeirDataset, DatasetError
@@ -142,7 +143,7 @@ def beir(
     from eval.report import write_report
 
     out_dir = out or Path("reports") / ds.name
-    write_report(result, out_dir)
+    write_report(result, out_dir, gzip_runs=gzip_runs)
     _print_table(result)
     typer.echo(f"report: {out_dir / 'report.md'}")
 

@@ -5,10 +5,12 @@ runs can be checked with any standard tool; :func:`read_trec_run` reads them bac
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 from eval.results import EvalResult, Run
 
@@ -21,12 +23,17 @@ class RunFileError(ValueError):
     """A TREC run file line that is not ``qid Q0 docid rank score tag``."""
 
 
+def _open_text(path: Path, mode: str) -> IO[str]:
+    """Plain text, or gzip when the name ends in ``.gz`` (``zcat run.trec.gz | trec_eval ...``)."""
+    return gzip.open(path, mode + "t") if path.suffix == ".gz" else path.open(mode)
+
+
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str) -> None:
     """One line per hit, best first within each query (score descending, then docid)."""
     if not tag or any(c.isspace() for c in tag):
         raise ValueError(f"a run tag must be one word, got {tag!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
+    with _open_text(path, "w") as fh:
         for qid in sorted(run):
             ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))
             for rank, (docid, score) in enumerate(ranked, start=1):
@@ -36,7 +43,7 @@ def write_trec_run(run: Mapping[str, Mapping[str, float]], path: Path, tag: str)
 def read_trec_run(path: Path) -> Run:
     """Read a six-column TREC run into qid -> docid -> score."""
     run: Run = {}
-    with Path(path).open() as fh:
+    with _open_text(Path(path), "r") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -53,12 +60,13 @@ def read_trec_run(path: Path) -> Run:
     return run
 
 
-def write_report(result: EvalResult, out: Path) -> list[Path]:
+def write_report(result: EvalResult, out: Path, *, gzip_runs: bool = False) -> list[Path]:
     """Write every artefact under ``out``; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    suffix = ".trec.gz" if gzip_runs else ".trec"
     for mode in result.modes:
-        path = out / "runs" / f"{mode.mode}.trec"
+        path = out / "runs" / f"{mode.mode}{suffix}"
         write_trec_run(mode.run, path, tag=f"trident-{mode.mode}")
         written.append(path)
     json_path = out / "report.json"

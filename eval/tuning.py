@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,13 @@ class FusionSettings:
     rrf_k: float = 60.0
     normalization: str = "minmax"
 
+    def params(self) -> dict[str, Any]:
+        """The settings this method uses, in the manifest's per-method shape."""
+        extra: dict[str, Any] = (
+            {"rrf_k": self.rrf_k} if self.method == "rrf" else {"normalization": self.normalization}
+        )
+        return {"weights": self.weights, **extra}
+
     def label(self) -> str:
         w = ",".join(f"{n}={v:g}" for n, v in self.weights.items())
         extra = f"k={self.rrf_k:g}" if self.method == "rrf" else self.normalization
@@ -64,9 +71,10 @@ class TuningResult:
             "metric": self.metric,
             "split": self.split,
             "queries": self.queries,
-            "best": {m: asdict(s) for m, s in self.best.items()},
+            "best": {m: s.params() for m, s in self.best.items()},
             "best_score": self.best_score,
             "trials": len(self.trials),
+            "grid": [{"method": s.method, **s.params(), "score": v} for s, v in self.trials],
         }
 
 
@@ -203,12 +211,7 @@ def manifest_fusion(result: TuningResult, default_method: str | None = None) -> 
     method = default_method or max(result.best_score, key=result.best_score.__getitem__)
     entry: dict[str, Any] = {"method": method}
     for name, s in result.best.items():
-        params: dict[str, Any] = {"weights": s.weights}
-        if name == "rrf":
-            params["rrf_k"] = s.rrf_k
-        else:
-            params["normalization"] = s.normalization
-        entry[name] = params
+        entry[name] = s.params()
     entry["tuned_on"] = {
         "split": result.split,
         "metric": result.metric,

@@ -221,6 +221,9 @@ def test_trec_run_round_trips(tmp_path: Path) -> None:
     assert lines[0] == "q1 Q0 d1 1 2.500000 trident-bm25"
     assert [line.split()[3] for line in lines[:3]] == ["1", "2", "3"]
     assert read_trec_run(path) == run
+    zipped = tmp_path / "r.trec.gz"
+    write_trec_run(run, zipped, tag="trident-bm25")
+    assert read_trec_run(zipped) == run
     path.write_text("q1 Q0 d1 1 2.5\n")
     with pytest.raises(RunFileError, match="r.trec:1: expected 6 columns"):
         read_trec_run(path)
