@@ -67,7 +67,7 @@ def beir(
     from eval.run import (
         MODES,
         EvalError,
-        build_seconds,
+        build_stages,
         check_modes,
         parse_modes,
         run_mode,
@@ -128,7 +128,7 @@ def beir(
 
     result = EvalResult(
         dataset=ds.name, split=split, index=str(index_dir), queries=len(queries), modes=results,
-        build_seconds=build_seconds(manifest), tuning=tuning,
+        build_stages=build_stages(manifest), tuning=tuning,
         references=load_references(ds.name, split),
         info={
             "command": "trident eval beir " + shlex.join(sys.argv[sys.argv.index("beir") + 1:])

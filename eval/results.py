@@ -43,7 +43,7 @@ class EvalResult:
     index: str
     queries: int
     modes: list[ModeResult]
-    build_seconds: float | None = None
+    build_stages: dict[str, float] = field(default_factory=dict)  # from the index manifest
     tuning: dict[str, Any] | None = None
     references: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # command, machine, date, timings

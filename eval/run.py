@@ -159,8 +159,11 @@ def tune_fusion(
     return result
 
 
-def build_seconds(manifest: Any) -> float | None:
-    """Total build time recorded by the index build (sum of its stages), if it recorded any."""
+def build_stages(manifest: Any) -> dict[str, float]:
+    """Seconds per build stage as the manifest recorded them (stage -> seconds).
+
+    Per stage rather than one total, so a report shows which stages the index records at all
+    (encodings adopted from elsewhere have no encode stage here).
+    """
     stages = getattr(manifest, "stages", None) or {}
-    total = sum(float(s.get("seconds", 0.0)) for s in stages.values())
-    return total or None
+    return {name: float(s.get("seconds", 0.0)) for name, s in stages.items()}

@@ -239,7 +239,7 @@ def _result() -> EvalResult:
         ModeResult("rrf", {"ndcg@10": 0.71, "recall@100": 0.95, "map@100": 0.66, "mrr@10": 0.67},
                    latency_summary([0.02]), run, {"method": "rrf", "rrf_k": 60}),
     ]
-    return EvalResult("scifact", "test", "indexes/x", 1, modes, build_seconds=12.0,
+    return EvalResult("scifact", "test", "indexes/x", 1, modes, build_stages={"bm25": 12.0},
                       references=load_references("scifact", "test"), info={"command": "test"})
 
 
@@ -249,6 +249,7 @@ def test_report_is_written_with_references_and_a_valid_png(tmp_path: Path) -> No
                                        "ndcg10.png"}
     md = (tmp_path / "report.md").read_text()
     assert "| **Trident bm25** | 0.6800 |" in md
+    assert "bm25 12.0 s" in md
     assert "BM25 flat, Anserini" in md and "0.6789" in md and "regressions-beir-v1.0.0-scifact" in md
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["modes"][1]["settings"] == {"method": "rrf", "rrf_k": 60}
