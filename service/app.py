@@ -324,13 +324,13 @@ def create_app(
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=auth_responses)
 
     @v1.post("/search", response_model=SearchResponse, tags=["search"])
-    async def search(body: SearchRequest, request: Request) -> SearchResponse:
+    async def search(body: SearchRequest, request: Request) -> Response:
         """Search with any retriever or a fusion of them; see the request schema for every option."""
         engine = engine_of(request)
         check_limits(body, settings)
         resp = await run_in_threadpool(engine.search, body)
         metrics.observe_search(resp)
-        return resp
+        return _json(resp)
 
     @v1.get("/search", response_model=SearchResponse, tags=["search"])
     async def search_get(
@@ -352,7 +352,7 @@ def create_app(
         filters: str | None = Query(None, description='Metadata filters as a JSON object, e.g. `{"year": 2020}`.'),
         explain: bool = False,
         include_text: bool = True,
-    ) -> SearchResponse:
+    ) -> Response:
         """The same search as POST, from query parameters (convenient for curl and browsers)."""
         parsed_filters: Any = {}
         if filters:
@@ -384,7 +384,7 @@ def create_app(
         return await search(body, request)
 
     @v1.post("/search/batch", response_model=BatchSearchResponse, tags=["search"])
-    async def search_batch(body: BatchSearchRequest, request: Request) -> BatchSearchResponse:
+    async def search_batch(body: BatchSearchRequest, request: Request) -> Response:
         """Several searches in one call; each result equals what `POST /v1/search` returns for it."""
         engine = engine_of(request)
         if len(body.requests) > settings.max_batch:
@@ -397,7 +397,8 @@ def create_app(
         results = await run_in_threadpool(engine.search_batch, body.requests)
         for resp in results:
             metrics.observe_search(resp)
-        return BatchSearchResponse(results=results, timings_ms={"total": (time.perf_counter() - start) * 1e3})
+        total_ms = (time.perf_counter() - start) * 1e3
+        return _json(BatchSearchResponse(results=results, timings_ms={"total": total_ms}))
 
     @v1.get("/documents/{doc_id:path}", response_model=DocumentResponse, tags=["documents"],
             responses={404: {"model": ErrorResponse, "description": "No such document."}})
@@ -468,6 +469,12 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _json(model: SearchResponse | BatchSearchResponse) -> Response:
+    """Serialise an engine-built response directly: it is a validated model already, and FastAPI
+    would validate it again against ``response_model`` (which stays declared for the docs)."""
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def _get_param(field: str | None) -> str | None:
