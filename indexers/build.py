@@ -344,6 +344,8 @@ class _Job:
         size = self.config.shard_size
         n_shards = math.ceil(self.n_docs / size)
         first = shards.complete()
+        # Timings of shards written by earlier (killed) runs, so the manifest reports the whole stage.
+        earlier = self.state.setdefault("partial", {}).get(stage, {})
         if first < n_shards:
             encoder = self._encoder(kind)
             encode = encoder.encode_documents
@@ -353,8 +355,11 @@ class _Job:
                 for i in range(first, n_shards):
                     texts = [document_text(d.title, d.text) for d in islice(docs, size)]
                     shards.write(i, _encode_by_length(encode, texts, chunk, kind, tick))
+                    self.state["partial"][stage] = _add_timings(earlier, tick.timings())
+                    self._save_state()
         elif kind not in self.state["models"]:
             self._encoder(kind)  # all shards exist but the model info was not saved: record it
+        self.progress.stages[stage] = _add_timings(earlier, self.progress.stages.get(stage, {}))
         self._mark(stage)
 
     def _adopt(self, kind: str, shards: ShardStore) -> None:
@@ -465,6 +470,13 @@ def _encode_by_length(
     if kind == "sparse":
         return sp.vstack(parts, format="csr")[inverse]
     return np.concatenate(parts)[inverse]
+
+
+def _add_timings(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Stage timings of two runs added up (docs, seconds, model_seconds), with docs/s recomputed."""
+    total = {k: round(a.get(k, 0) + b.get(k, 0), 3) for k in ("docs", "seconds", "model_seconds")}
+    total["docs_per_s"] = round(total["docs"] / total["seconds"], 1) if total["seconds"] > 0 else 0.0
+    return total
 
 
 def _ticking(docs: Iterable[Document], tick: StageTicker) -> Iterator[Document]:

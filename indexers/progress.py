@@ -40,6 +40,10 @@ class StageTicker:
             self._last_log = now
             log.info("%s: %s", self.name, self.status())
 
+    def timings(self) -> dict[str, float]:
+        """What the stage has done so far, in the form the manifest records."""
+        return {"docs": self.done, "seconds": time.perf_counter() - self.start, "model_seconds": self.model_seconds}
+
     def status(self) -> str:
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
