@@ -85,7 +85,9 @@ class _Scratch(threading.local):
     """Per-thread query scratch, allocated once per thread and index and reused by every query."""
 
     def __init__(self, n_docs: int, vocab: int, max_blocks: int) -> None:
-        self.qdense = np.zeros(vocab, dtype=np.float32)
+        self.qmap8 = np.zeros(vocab, dtype=np.uint8)  # queries of up to 255 terms
+        self.qmap32 = np.zeros(vocab, dtype=np.int32)  # longer ones
+        self.qv = np.zeros(vocab + 1, dtype=np.float32)
         self.visited = np.zeros(max(n_docs, 1), dtype=np.uint8)
         self.stamp = np.zeros(1, dtype=np.int64)
         self.bscore = np.zeros(max(max_blocks, 1), dtype=np.float32)
@@ -108,7 +110,7 @@ class SparseIndex:
         narrow = vocab_size <= NARROW_VOCAB
         self._fwd = (arrays["fwd_ptr"], buf, buf.view(np.uint16) if narrow else buf, buf.view(np.float32),
                      1 if narrow else 0)
-        self._idx_args = self._fwd + tuple(arrays[n] for n in ARRAYS[2:12])
+        self._idx_args = self._fwd + (_prefetch_lines(arrays),) + tuple(arrays[n] for n in ARRAYS[2:12])
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -122,32 +124,13 @@ class SparseIndex:
         fwd_ptr = m.indptr.astype(np.int64)
         fwd_terms = m.indices
         fwd_vals = m.data
-        # posting lists: CSC, pruned to the heaviest entries (per-list cap, then a global threshold)
-        csc = m.tocsc()
-        col_ptr = csc.indptr.astype(np.int64)
-        col_docs = csc.indices.astype(np.int32)
-        col_vals = csc.data
-        cap = max(1, int(params.max_fraction * params.n_postings))
-        keep = _build.cap_lists(col_ptr, col_vals, cap)
-        n_lists = int(np.count_nonzero(np.diff(col_ptr)))
-        budget = params.n_postings * n_lists
-        if int(keep.sum()) > budget:
-            kept_vals = col_vals[keep]
-            thr = np.partition(kept_vals, kept_vals.size - budget)[kept_vals.size - budget]
-            keep &= col_vals >= thr
-        kept_before = np.zeros(keep.size + 1, dtype=np.int64)
-        np.cumsum(keep, out=kept_before[1:])
-        lens = np.diff(kept_before[col_ptr])
-        post_ptr = np.zeros(vocab + 1, dtype=np.int64)
-        np.cumsum(lens, out=post_ptr[1:])
-        post_docs = col_docs[keep]
-        del csc, col_docs, col_vals, keep
+        post_ptr, post_docs = _pruned_lists(m, params)
         top_t, top_v = _build.top_terms(fwd_ptr, fwd_terms, fwd_vals, params.doc_cut)
         # blocks and summaries, chunked over lists and run on a thread pool
         chunks: list[np.ndarray] = []
         start, acc = 0, 0
         for t in range(vocab):
-            acc += int(lens[t])
+            acc += int(post_ptr[t + 1] - post_ptr[t])
             if acc >= _CHUNK_POSTINGS or t == vocab - 1:
                 chunks.append(np.arange(start, t + 1, dtype=np.int64))
                 start, acc = t + 1, 0
@@ -318,9 +301,9 @@ class SparseIndex:
         s = self._scratch
         if exact:
             return _search.exact_range(q.indptr, q.indices, q.data, a, b, kk, *self._fwd, allowed, use_allowed,
-                                       s.qdense, ids, scores)
+                                       s.qmap8, s.qmap32, s.qv, ids, scores)
         return _search.search_range(q.indptr, q.indices, q.data, a, b, kk, qc, hf, nk, *self._idx_args,
-                                    self._a["knn"], allowed, use_allowed, s.qdense, s.visited, s.stamp,
+                                    self._a["knn"], allowed, use_allowed, s.qmap8, s.qmap32, s.qv, s.visited, s.stamp,
                                     s.bscore, s.border, ids, scores)
 
     # ------------------------------------------------------------------ introspection
@@ -334,6 +317,35 @@ class SparseIndex:
         return {"n_docs": self.n_docs, "vocab_size": self.vocab_size, "nnz": int(a["fwd_buf"][a["fwd_ptr"][:-1]].sum()) if self.n_docs else 0,
                 "postings": int(a["block_docs"].size), "blocks": int(a["block_scale"].size),
                 "summary_entries": int(a["ent"].size), "bytes": self.nbytes}
+
+
+def _pruned_lists(m: sp.csr_matrix, params: SparseParams) -> tuple[np.ndarray, np.ndarray]:
+    """Posting lists (CSC) keeping each list's heaviest `max_fraction x n_postings` entries, then the
+    globally heaviest `n_postings x non-empty lists`. Returns (list pointers, doc ids ascending)."""
+    csc = m.tocsc()
+    col_ptr = csc.indptr.astype(np.int64)
+    col_vals = csc.data
+    keep = _build.cap_lists(col_ptr, col_vals, max(1, int(params.max_fraction * params.n_postings)))
+    budget = params.n_postings * int(np.count_nonzero(np.diff(col_ptr)))
+    if int(keep.sum()) > budget:
+        kept_vals = col_vals[keep]
+        thr = np.partition(kept_vals, kept_vals.size - budget)[kept_vals.size - budget]
+        keep &= col_vals >= thr
+    kept_before = np.zeros(keep.size + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept_before[1:])
+    return kept_before[col_ptr], csc.indices[keep].astype(np.int32)
+
+
+def _prefetch_lines(arrays: dict[str, np.ndarray]) -> int:
+    """Cache lines to prefetch per forward record: the mean record size over the postings (long
+    documents sit in more lists), so short records do not waste bandwidth and long ones arrive whole."""
+    docs = arrays["block_docs"]
+    if docs.size == 0:
+        return 1
+    ptr = arrays["fwd_ptr"]
+    sample = docs[:: max(1, docs.size // 100_000)]
+    words = float(np.mean(arrays["fwd_buf"][ptr[sample]])) * 1.5 + 1  # n + n/2 (uint16 ids) + header
+    return int(min(16, max(1, np.ceil(words * 4 / 64))))
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
