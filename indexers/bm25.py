@@ -16,6 +16,14 @@ Why it is built this way:
 * **Ties break by doc id.** Anserini's ``SimpleSearcher`` sorts by score, then ``id``, rounds scores
   to 1e-4 and nudges tied scores apart by 1e-6, so rankings are deterministic and identical in single
   and batch search (a filtered list can differ from the unfiltered one by those 1e-6 nudges).
+* **Searched by Lucene directly, ranked as Anserini ranks.** ``SimpleSearcher.search`` loads every
+  hit's stored document to read its id and hands hits to Python one object at a time (most of its
+  time at k=100). We run Lucene's ``IndexSearcher`` (same BM25 similarity, same query) for ``k + margin``
+  hits, get the Lucene doc ids and scores back as two Java arrays, map doc ids to external ids with
+  an array read once at load, and apply Anserini's rule ourselves (sort by score then id, keep k,
+  round, nudge ties: :func:`_adjust_ties`). The margin doubles until the score at rank k is above the
+  last fetched one, so a tie group spanning the cutoff is always seen whole and the result equals
+  Anserini's hit for hit, score for score.
 * **Filters are a Lucene FILTER clause** (a ``TermInSetQuery`` over the ``id`` field): it narrows the
   matches before top-k selection and leaves scores unchanged, so a filtered search still returns k
   hits whenever k allowed documents match.
@@ -38,6 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+from numba import njit
+
 from indexers import jvm
 from indexers.corpus import Document
 from indexers.hits import Hit
@@ -58,6 +69,7 @@ _COLLECTIONS = {"flat": "BeirFlatCollection", "multifield": "BeirMultifieldColle
 _MULTIFIELD_WEIGHTS = {"contents": 1.0, "title": 1.0}
 _INDEX_OPTIONS = ["-storePositions", "-storeDocvectors"]
 _SHARD_BLOCK = 1000  # documents written to one shard before moving to the next
+_MARGIN = 16  # hits fetched beyond k so a score tie at rank k is usually seen whole (else doubled)
 
 
 class IndexBuildError(RuntimeError):
@@ -93,7 +105,7 @@ class BM25Index:
         self._analyzer = searcher.get_analyzer()
         self._generator = jvm.autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
         self._jfields = _java_fields() if fields == "multifield" else None
-        self._search_handle = _search_handle(searcher, self._jfields)
+        self._lucene = _Lucene(path, k1, b)
 
     # ---- building -------------------------------------------------------------------------------
 
@@ -176,10 +188,18 @@ class BM25Index:
                 f"Lucene index at {root} holds {num_docs} documents but {PARAMS_FILE} says "
                 f"{params['documents']}; rebuild it"
             )
-        return cls(root, searcher, params["fields"], num_docs, float(k1), float(b))
+        try:
+            return cls(root, searcher, params["fields"], num_docs, float(k1), float(b))
+        except java_error as exc:
+            searcher.close()
+            raise IndexLoadError(
+                f"cannot read the Lucene index at {root} ({_java_message(exc)}); it is corrupt or "
+                "incomplete: rebuild it"
+            ) from None
 
     def close(self) -> None:
-        """Release the Lucene reader (file handles, mmaps)."""
+        """Release the Lucene readers (file handles, mmaps)."""
+        self._lucene.close()
         self._searcher.close()
 
     def __enter__(self) -> BM25Index:
@@ -216,11 +236,10 @@ class BM25Index:
         text = self.prepare(query).text
         if not text or (filter_ids is not None and len(filter_ids) == 0):
             return []
+        lucene_query = self._query(text)
         if filter_ids is not None:
-            return _hits(self._searcher.search(self._filtered_query(text, filter_ids), k))
-        if self._jfields is not None:
-            return _hits(self._searcher.search_fields(text, self._jfields, k))
-        return _hits(self._searcher.search(text, k))
+            lucene_query = _filtered(lucene_query, filter_ids)
+        return self._lucene.top(lucene_query, k)
 
     def batch_search(
         self, queries: list[str], qids: list[str], k: int = 10, threads: int = 2
@@ -239,40 +258,35 @@ class BM25Index:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         out: dict[str, list[Hit]] = {qid: [] for qid in qids}
         prepared = ((qid, self.prepare(query).text) for qid, query in zip(qids, queries))
-        todo = [(qid, text) for qid, text in prepared if text]
+        todo = [(qid, self._query(text)) for qid, text in prepared if text]
         if not todo:
             return out
         handles = jvm.autoclass("java.lang.invoke.MethodHandles")
         as_callable = jvm.autoclass("java.lang.invoke.MethodHandleProxies").asInterfaceInstance
         callable_class = jvm.autoclass("java.lang.Class").forName("java.util.concurrent.Callable")
-        jk = jvm.autoclass("java.lang.Integer")(k)
-        search_k = handles.insertArguments(self._search_handle, 1, jk)
+        search_n = handles.insertArguments(
+            self._lucene.search_handle, 1, jvm.autoclass("java.lang.Integer")(k + _MARGIN)
+        )
         tasks = jvm.autoclass("java.util.ArrayList")(len(todo))
-        for _, text in todo:
-            tasks.add(as_callable(callable_class, handles.insertArguments(search_k, 0, text)))
+        for _, lucene_query in todo:
+            tasks.add(as_callable(callable_class, handles.insertArguments(search_n, 0, lucene_query)))
         pool = jvm.autoclass("java.util.concurrent.Executors").newFixedThreadPool(threads)
         try:
             futures = pool.invokeAll(tasks).toArray()
         finally:
             pool.shutdown()
-        for (qid, _), future in zip(todo, futures):
-            out[qid] = _hits(future.get())
+        for (qid, lucene_query), future in zip(todo, futures):
+            hits = self._lucene.ranked(future.get(), k, k + _MARGIN)
+            out[qid] = hits if hits is not None else self._lucene.top(lucene_query, k)
         return out
 
     # ---- internals ------------------------------------------------------------------------------
 
-    def _filtered_query(self, text: str, filter_ids: Collection[str]) -> Any:
-        clause = jvm.autoclass("org.apache.lucene.search.BooleanClause$Occur")
-        term_set = jvm.autoclass("org.apache.lucene.search.TermInSetQuery")
-        allowed = term_set("id", _bytes_refs(filter_ids))
+    def _query(self, text: str) -> Any:
+        """The Lucene query Anserini's ``search`` (multifield: ``search_fields``) builds for ``text``."""
         if self._jfields is not None:
-            scored = self._generator.buildQuery(self._jfields, self._analyzer, text)
-        else:
-            scored = self._generator.buildQuery("contents", self._analyzer, text)
-        builder = jvm.autoclass("org.apache.lucene.search.BooleanQuery$Builder")()
-        builder.add(scored, clause.MUST)
-        builder.add(allowed, clause.FILTER)
-        return builder.build()
+            return self._generator.buildQuery(self._jfields, self._analyzer, text)
+        return self._generator.buildQuery("contents", self._analyzer, text)
 
     def _cut_offset(self, text: str, n: int) -> int | None:
         """UTF-16 offset just after the ``n``-th analysed term, or None if ``text`` has at most n."""
@@ -304,27 +318,156 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
 
-def _hits(scored: Any) -> list[Hit]:
-    return [Hit(h.docid, float(h.score)) for h in scored]
+class _Lucene:
+    """Lucene's own ``IndexSearcher`` over the index, with hits ranked exactly as Anserini ranks them.
+
+    Everything crossing into Python does so in bulk: the external ids once at load (one Java
+    ``String[]``), then per search one ``int[]`` of Lucene doc ids and one ``double[]`` of scores.
+    Each array is produced by a chain of Java method handles, so no Java code of ours is needed.
+    """
+
+    def __init__(self, path: Path, k1: float, b: float):
+        autoclass, klass = jvm.autoclass, jvm.autoclass("java.lang.Class").forName
+        directory = autoclass("org.apache.lucene.store.FSDirectory").open(
+            autoclass("java.io.File")(str(path)).toPath()
+        )
+        self._reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+        try:
+            # (IndexReaderContext): jnius cannot pick the IndexReader constructor; they are the same.
+            searcher = autoclass("org.apache.lucene.search.IndexSearcher")(self._reader.getContext())
+            similarity = "org.apache.lucene.search.similarities.BM25Similarity"
+            searcher.setSimilarity(autoclass(similarity)(float(k1), float(b)))
+            self._searcher = searcher
+            self.ids = np.array(_stored_ids(self._reader), dtype=str)
+        except BaseException:
+            self._reader.close()
+            raise
+        top_docs, int_type = klass("org.apache.lucene.search.TopDocs"), jvm.autoclass("java.lang.Integer").TYPE
+        handles = autoclass("java.lang.invoke.MethodHandles")
+        method_type = autoclass("java.lang.invoke.MethodType").methodType
+        # IndexSearcher.search(Query, int) bound to our searcher, to make batch tasks from.
+        self.search_handle = handles.publicLookup().findVirtual(
+            klass("org.apache.lucene.search.IndexSearcher"),
+            "search",
+            method_type(top_docs, [klass("org.apache.lucene.search.Query"), int_type]),
+        ).bindTo(searcher)
+        self._doc_ids, self._scores = _score_doc_readers()
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def top(self, query: Any, k: int) -> list[Hit]:
+        """Anserini's top ``k`` for a Lucene query: fetch k + margin, more until the cut is clean."""
+        n = k + _MARGIN
+        while True:
+            hits = self.ranked(self._searcher.search(query, n), k, n)
+            if hits is not None:
+                return hits
+            n *= 2
+
+    def ranked(self, top_docs: Any, k: int, n: int) -> list[Hit] | None:
+        """Anserini's top ``k`` from Lucene's top ``n``, or None when n hits were too few to know.
+
+        Lucene breaks score ties by its internal doc id, Anserini by external id; the two agree on
+        the top k only if every document scoring as high as the k-th was fetched.
+        """
+        docs = np.asarray(self._doc_ids.apply(top_docs), dtype=np.int64)
+        scores = np.asarray(self._scores.apply(top_docs), dtype=np.float32)  # floats, exactly
+        if len(docs) == n and n < self.ids.size and scores[-1] >= scores[k - 1]:
+            return None
+        ids = self.ids[docs]
+        order = np.lexsort((ids, -scores))[:k]
+        adjusted = _adjust_ties(scores[order])
+        return [Hit(str(i), float(s)) for i, s in zip(ids[order], adjusted)]
 
 
-def _search_handle(searcher: Any, jfields: Any) -> Any:
-    """``searcher.search(text, k)`` (multifield: ``search_fields(text, fields, k)``) as a Java
-    MethodHandle of (String, int), so batch tasks can be made from it without Java code of ours."""
+@njit(cache=True)
+def _adjust_ties(scores: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Anserini's ``ScoreTiesAdjusterReranker``: round to 1e-4, nudge ties down by 1e-6.
+
+    Step for step as in Anserini 1.7.1's bytecode, so scores come out bit for bit the same: the
+    rounding is ``(float) (Math.round(score * 1e4) / 1e4)`` in double, the tie test and the nudge are
+    float32 and compare against the already nudged previous score.
+    """
+    out = np.empty_like(scores)
+    step, tie = np.float32(1e-6), np.float32(1e-4)
+    dup = 0
+    for i in range(scores.size):
+        rounded = np.float32(np.floor(np.float64(scores[i]) * 1e4 + 0.5) / 1e4)
+        if i == 0 or out[i - 1] - rounded > tie:
+            dup = 0
+            out[i] = rounded
+        else:
+            dup += 1
+            out[i] = rounded - step * np.float32(dup)
+    return out
+
+
+def _stored_ids(reader: Any) -> list[str]:
+    """The stored ``id`` of every Lucene doc id, read in one Java stream (one ``String[]`` back)."""
     klass = jvm.autoclass("java.lang.Class").forName
     handles = jvm.autoclass("java.lang.invoke.MethodHandles")
     method_type = jvm.autoclass("java.lang.invoke.MethodType").methodType
-    hits, text, k = (
-        klass("[Lio.anserini.search.ScoredDoc;"),
+    lookup, string, document = (
+        handles.publicLookup(),
         klass("java.lang.String"),
-        jvm.autoclass("java.lang.Integer").TYPE,
+        klass("org.apache.lucene.document.Document"),
     )
-    searcher_class = klass("io.anserini.search.SimpleSearcher")
-    find = functools.partial(handles.publicLookup().findVirtual, searcher_class)
-    if jfields is None:
-        return find("search", method_type(hits, [text, k])).bindTo(searcher)
-    handle = find("search_fields", method_type(hits, [text, klass("java.util.Map"), k]))
-    return handles.insertArguments(handle.bindTo(searcher), 1, jfields)
+    load = lookup.findVirtual(
+        klass("org.apache.lucene.index.StoredFields"),
+        "document",
+        method_type(document, jvm.autoclass("java.lang.Integer").TYPE),
+    ).bindTo(reader.storedFields())
+    get_id = handles.insertArguments(
+        lookup.findVirtual(document, "get", method_type(string, string)), 1, "id"
+    )
+    id_of = jvm.autoclass("java.lang.invoke.MethodHandleProxies").asInterfaceInstance(
+        klass("java.util.function.IntFunction"), handles.filterReturnValue(load, get_id)
+    )
+    stream = jvm.autoclass("java.util.stream.IntStream").range(0, reader.maxDoc())
+    return list(stream.mapToObj(id_of).toArray())
+
+
+def _score_doc_readers() -> tuple[Any, Any]:
+    """Two ``java.util.function.Function``s of a ``TopDocs``: its doc ids as ``int[]`` and its
+    scores as ``double[]`` (jnius turns each into a Python list in one call)."""
+    klass = jvm.autoclass("java.lang.Class").forName
+    handles = jvm.autoclass("java.lang.invoke.MethodHandles")
+    method_type = jvm.autoclass("java.lang.invoke.MethodType").methodType
+    as_interface = jvm.autoclass("java.lang.invoke.MethodHandleProxies").asInterfaceInstance
+    lookup = handles.publicLookup()
+    top_docs, score_doc = klass("org.apache.lucene.search.TopDocs"), klass("org.apache.lucene.search.ScoreDoc")
+    objects, stream = klass("[Ljava.lang.Object;"), klass("java.util.stream.Stream")
+    score_docs = lookup.findGetter(top_docs, "scoreDocs", klass("[Lorg.apache.lucene.search.ScoreDoc;"))
+    as_stream = handles.filterReturnValue(
+        score_docs.asType(method_type(objects, top_docs)),
+        lookup.findStatic(klass("java.util.Arrays"), "stream", method_type(stream, objects)),
+    )
+
+    def reader(field: str, primitive: str, kind: str) -> Any:
+        getter = lookup.findGetter(score_doc, field, jvm.autoclass(primitive).TYPE)
+        mapper = as_interface(klass(f"java.util.function.To{kind}Function"), getter)
+        kind_stream = klass(f"java.util.stream.{kind}Stream")
+        map_to = lookup.findVirtual(
+            stream, f"mapTo{kind}", method_type(kind_stream, klass(f"java.util.function.To{kind}Function"))
+        )
+        to_array = lookup.findVirtual(kind_stream, "toArray", method_type(klass(f"[{kind[0]}"), []))
+        chain = handles.filterReturnValue(
+            handles.filterReturnValue(as_stream, handles.insertArguments(map_to, 1, mapper)), to_array
+        )
+        return as_interface(klass("java.util.function.Function"), chain)
+
+    return reader("doc", "java.lang.Integer", "Int"), reader("score", "java.lang.Float", "Double")
+
+
+def _filtered(query: Any, filter_ids: Collection[str]) -> Any:
+    """``query`` restricted to ``filter_ids`` by a FILTER clause (scores unchanged)."""
+    clause = jvm.autoclass("org.apache.lucene.search.BooleanClause$Occur")
+    allowed = jvm.autoclass("org.apache.lucene.search.TermInSetQuery")("id", _bytes_refs(filter_ids))
+    builder = jvm.autoclass("org.apache.lucene.search.BooleanQuery$Builder")()
+    builder.add(query, clause.MUST)
+    builder.add(allowed, clause.FILTER)
+    return builder.build()
 
 
 def _bytes_refs(ids: Collection[str]) -> Any:

@@ -385,3 +385,23 @@ def test_heap_size_is_validated(monkeypatch):
         jvm.heap_size()
     monkeypatch.setenv(jvm.HEAP_ENV, "768m")
     assert jvm.heap_size() == "768m"
+
+
+# ---- equality with Anserini's own searcher ------------------------------------------------------
+
+
+def test_ties_across_the_cutoff_rank_exactly_as_anserini(tmp_path, docs, queries):
+    """Many documents with one score straddle every cutoff: we must fetch past the margin and break
+    the ties by id, with Anserini's rounded and nudged scores, bit for bit."""
+    clones = [Document(f"dup-{i:03d}", "", "zebra quagga okapi") for i in range(97, 0, -1)]
+    BM25Index.build([*docs[:50], *clones], tmp_path / "ties", fields="flat", threads=2)
+    anserini = jvm.autoclass("io.anserini.search.SimpleSearcher")(str(tmp_path / "ties"))
+    anserini.set_bm25(0.9, 0.4)
+    try:
+        with BM25Index.load(tmp_path / "ties") as index:
+            for query in ["zebra okapi", *queries[:5]]:
+                for k in (1, 7, 40, 200):
+                    expected = [(h.docid, float(h.score)) for h in anserini.search(query, k)]
+                    assert [(h.docid, h.score) for h in index.search(query, k)] == expected
+    finally:
+        anserini.close()
