@@ -79,9 +79,10 @@ class ShardServer:
         filters: dict[str, Any] | None,
         exact: bool,
         vectors: dict[Retriever, Any],
+        tuning: dict[Retriever, dict[str, Any]] | None = None,
     ) -> dict[Retriever, WireRun]:
         allowed = self.engine._mask(filters) if filters else None
-        runs = self.engine.retrieve(query, names, depths, allowed, exact=exact, vectors=vectors)
+        runs = self.engine.retrieve(query, names, depths, allowed, exact=exact, vectors=vectors, tuning=tuning)
         return {
             r: ([h.docid for h in run.hits], [h.score for h in run.hits], run.timings, run.warning)
             for r, run in runs.items()
@@ -306,10 +307,12 @@ class ShardedEngine(Engine):
         allowed: Any = None,
         *,
         exact: bool = False,
+        tuning: dict[Retriever, dict[str, Any]] | None = None,
     ) -> dict[Retriever, RetrieverRun]:
         """Scatter to every shard, gather each one's per-retriever top depth, merge by raw score.
 
-        ``allowed`` is the request's filter dict (see :meth:`_mask`), applied inside each shard.
+        ``allowed`` is the request's filter dict (see :meth:`_mask`), applied inside each shard;
+        ``tuning`` (per-request index knobs) goes to every shard as it is.
         """
         names = list(retrievers)
         vectors: dict[Retriever, Any] = {}
@@ -320,7 +323,7 @@ class ShardedEngine(Engine):
                 vectors[r] = self.encoders[r].encode_queries([query])
                 timings[r][f"encode_{r}"] = (time.perf_counter() - start) * 1e3
         start = time.perf_counter()
-        args = {s: (query, names, depths, allowed, exact, vectors) for s in range(self.shards.n)}
+        args = {s: (query, names, depths, allowed, exact, vectors, tuning) for s in range(self.shards.n)}
         answers, missing = self.shards.call("retrieve", args, self._local.deadline)
         self._local.missing.update(missing)
         timings[names[0]]["scatter"] = (time.perf_counter() - start) * 1e3

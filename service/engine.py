@@ -193,16 +193,20 @@ class Engine:
         *,
         exact: bool = False,
         vectors: dict[Retriever, Any] | None = None,
+        tuning: dict[Retriever, dict[str, Any]] | None = None,
     ) -> dict[Retriever, RetrieverRun]:
         """Run the retrievers concurrently; each returns its top ``depths[r]`` allowed documents.
 
         ``exact`` makes the sparse retriever score every document (its brute-force ground truth).
+        ``tuning`` holds per-request index knobs (``RetrieverOptions.tuning``: sparse ``query_cut``,
+        ``heap_factor``; dense ``ef_search``, ``nprobe``), passed as keywords to that index's search.
         ``vectors`` are query encodings made by the caller (the sharded router in ``cluster/``
         encodes once for all shards); retrievers without one encode the query here.
         """
-        given = vectors or {}
+        given, knobs = vectors or {}, tuning or {}
         tasks: dict[Retriever, Callable[[], RetrieverRun]] = {
-            r: (lambda r=r: self._run_one(r, query, depths[r], allowed, exact, given.get(r))) for r in retrievers
+            r: (lambda r=r: self._run_one(r, query, depths[r], allowed, exact, given.get(r), knobs.get(r)))
+            for r in retrievers
         }
         names = list(tasks)
         futures: dict[Retriever, Future[RetrieverRun]] = {
@@ -215,7 +219,7 @@ class Engine:
 
     def _run_one(
         self, name: Retriever, query: str, depth: int, allowed: np.ndarray | None, exact: bool = False,
-        vector: Any = None,
+        vector: Any = None, tuning: dict[str, Any] | None = None,
     ) -> RetrieverRun:
         if name == "bm25":
             return self._run_bm25(query, depth, allowed)
@@ -226,9 +230,9 @@ class Engine:
         encode_ms = _ms(start)
         start = time.perf_counter()
         if name == "sparse":
-            ids, scores = self.sparse.search(vector, depth, allowed=allowed, exact=exact)
+            ids, scores = self.sparse.search(vector, depth, allowed=allowed, exact=exact, **(tuning or {}))
         else:
-            ids, scores = self.dense.search(vector, depth, allowed=allowed)
+            ids, scores = self.dense.search(vector, depth, allowed=allowed, **(tuning or {}))
             ids, scores = ids[0], scores[0]
         keep = ids >= 0
         hits = [Hit(str(d), float(s)) for d, s in zip(self._external[ids[keep]], scores[keep], strict=True)]
@@ -260,7 +264,10 @@ class Engine:
             start = time.perf_counter()
             allowed = self._mask(request.filters)
             timings["filter"] = _ms(start)
-        runs = self.retrieve(request.query, names, depths, allowed, exact=request.options("sparse").exact)
+        runs = self.retrieve(
+            request.query, names, depths, allowed, exact=request.options("sparse").exact,
+            tuning={r: request.options(r).tuning() for r in names},
+        )
         for run in runs.values():
             timings.update(run.timings)
 

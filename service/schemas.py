@@ -16,9 +16,9 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
-    model_validator,
 )
 
 Retriever = Literal["bm25", "sparse", "dense"]
@@ -50,7 +50,12 @@ class _Strict(BaseModel):
 
 
 class RetrieverOptions(_Strict):
-    """Per-retriever settings for one request."""
+    """Per-retriever settings for one request.
+
+    ``depth`` and ``weight`` apply to every retriever. The index knobs belong to one retriever each:
+    sparse ``exact``, ``query_cut``, ``heap_factor``; dense ``ef_search``, ``nprobe``. Unset knobs
+    take the index's own defaults; a knob sent to another retriever is a 422 naming it.
+    """
 
     depth: int | None = Field(
         None, ge=1, description="Hits this retriever returns before fusion (default 100, at least offset + k)."
@@ -62,6 +67,33 @@ class RetrieverOptions(_Strict):
         False, description="Sparse only: score every document exactly (brute force) instead of the "
         "approximate block-pruned search; the ground truth for its recall, and slower."
     )
+    query_cut: StrictInt | None = Field(
+        None, ge=1, le=4096, description="Sparse only: traverse the lists of just this many heaviest "
+        "query terms (default from the index). Higher is more exact and slower."
+    )
+    heap_factor: FiniteFloat | None = Field(
+        None, ge=0, le=1, description="Sparse only: skip a block whose upper bound is below "
+        "heap_factor x the k-th best score so far (default from the index); 0 skips nothing, 1 the most."
+    )
+    ef_search: StrictInt | None = Field(
+        None, ge=1, le=100_000, description="Dense HNSW only: candidates kept while walking the graph "
+        "(default from the index). Higher is more exact and slower; other index types ignore it."
+    )
+    nprobe: StrictInt | None = Field(
+        None, ge=1, le=65_536, description="Dense IVF only: inverted lists visited per query (default "
+        "from the index). Higher is more exact and slower; other index types ignore it."
+    )
+
+    def tuning(self) -> dict[str, Any]:
+        """The retriever's own search knobs that were set, as keyword arguments for its index."""
+        return {name: getattr(self, name) for name in _TUNING if getattr(self, name) is not None}
+
+
+# Which retriever each per-request knob belongs to; the others reject it.
+_OWNER: dict[str, Retriever] = {
+    "exact": "sparse", "query_cut": "sparse", "heap_factor": "sparse", "ef_search": "dense", "nprobe": "dense",
+}
+_TUNING = ("query_cut", "heap_factor", "ef_search", "nprobe")
 
 
 class FusionOptions(_Strict):
@@ -151,12 +183,20 @@ class SearchRequest(_Strict):
             raise ValueError("retrievers must not repeat")
         return v
 
-    @model_validator(mode="after")
-    def _exact_is_sparse_only(self) -> SearchRequest:
-        for name in ("bm25", "dense"):
-            if getattr(self, name) is not None and getattr(self, name).exact:
-                raise ValueError(f"{name}.exact is not supported: only the sparse retriever has an exact mode")
-        return self
+    @field_validator("bm25", "sparse", "dense")
+    @classmethod
+    def _knobs_fit_the_retriever(cls, v: RetrieverOptions | None, info: ValidationInfo) -> RetrieverOptions | None:
+        """A knob sent to a retriever that has no such knob is an error, not silently ignored."""
+        if v is None:
+            return v
+        for knob in sorted(v.model_fields_set & _OWNER.keys()):
+            value = getattr(v, knob)
+            if _OWNER[knob] != info.field_name and value is not None and value is not False:
+                raise ValueError(
+                    f"{info.field_name}.{knob} is not supported: {knob} applies to the {_OWNER[knob]} "
+                    f"retriever only; move it to \"{_OWNER[knob]}\": {{\"{knob}\": ...}}"
+                )
+        return v
 
     def options(self, retriever: Retriever) -> RetrieverOptions:
         """This request's options for one retriever (empty when none were given)."""

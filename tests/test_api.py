@@ -225,6 +225,61 @@ def test_invalid_search_is_422_naming_the_field(client: TestClient, body: dict[s
 
 
 @pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"dense": {"ef_search": 0}}, "dense.ef_search"),
+        ({"dense": {"ef_search": 100_001}}, "dense.ef_search"),
+        ({"dense": {"nprobe": -1}}, "dense.nprobe"),
+        ({"dense": {"nprobe": 2.5}}, "dense.nprobe"),
+        ({"sparse": {"query_cut": 0}}, "sparse.query_cut"),
+        ({"sparse": {"query_cut": "many"}}, "sparse.query_cut"),
+        ({"sparse": {"heap_factor": 1.5}}, "sparse.heap_factor"),
+        ({"sparse": {"heap_factor": -0.1}}, "sparse.heap_factor"),
+    ],
+)
+def test_bad_retriever_knob_is_422_naming_it(client: TestClient, body: dict[str, Any], field: str) -> None:
+    assert_error(client.post("/v1/search", json={"query": QUERY, **body}), 422, field)
+
+
+@pytest.mark.parametrize(
+    ("retriever", "knob", "value"),
+    [("bm25", "ef_search", 64), ("sparse", "nprobe", 4), ("dense", "query_cut", 3),
+     ("bm25", "heap_factor", 0.0), ("dense", "exact", True)],
+)
+def test_knob_of_another_retriever_is_422_naming_it(client: TestClient, retriever: str, knob: str, value: Any) -> None:
+    err = assert_error(client.post("/v1/search", json={"query": QUERY, retriever: {knob: value}}), 422, retriever)
+    assert f"{retriever}.{knob}" in err["message"], err
+
+
+def test_retriever_knobs_reach_the_indexes(client: TestClient, engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Knobs in range are accepted and handed to the index's search (observed, not replaced)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for name in ("sparse", "dense"):
+        index = getattr(engine, name, None)
+        if index is None:
+            continue
+        real = index.search
+
+        def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            seen[_name] = kwargs
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(index, "search", spy)
+    knobs = {"sparse": {"query_cut": 5, "heap_factor": 0.5}, "dense": {"ef_search": 500, "nprobe": 8}}
+    body = {"query": QUERY, "k": 5, **{r: knobs[r] for r in engine.retrievers if r in knobs}}
+    resp = client.post("/v1/search", json=body)
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["hits"]) == 5
+    assert set(seen) == {r for r in knobs if r in engine.retrievers}
+    for name in seen:
+        assert {k: seen[name][k] for k in knobs[name]} == knobs[name]
+    # A wider dense search on 60 documents still finds the same (exact) top hits.
+    plain = client.post("/v1/search", json={"query": QUERY, "mode": "dense", "k": 5}).json()
+    wide = client.post("/v1/search", json={"query": QUERY, "mode": "dense", "k": 5, "dense": knobs["dense"]}).json()
+    assert ids(wide) == ids(plain)
+
+
+@pytest.mark.parametrize(
     ("params", "field"),
     [({}, "q"), ({"q": ""}, "q"), ({"q": "a", "k": "ten"}, "k"), ({"q": "a", "k": 99}, "k"),
      ({"q": "a", "dense_depth": 0}, "dense_depth"), ({"q": "a", "filters": "{oops"}, "filters"),

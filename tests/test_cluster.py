@@ -163,6 +163,7 @@ def test_sharded_build_is_a_complete_partition(sharded_dir: Path, single: Engine
     ("hybrid", {"retrievers": ["sparse", "dense"]}),
     ("hybrid", {"retrievers": ["sparse", "dense"], "fusion": {"method": "interpolation"}}),
     ("hybrid", {"retrievers": ["sparse", "dense"], "offset": 5, "explain": True}),
+    ("hybrid", {"retrievers": ["sparse", "dense"], "dense": {"ef_search": 200}}),  # knobs reach the shards
 ])
 def test_sharded_equals_single_node(
     sharded: ShardedEngine, single: Engine, queries: list[str], mode: str, extra: dict
