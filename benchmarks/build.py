@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = hnsw_vs_flat(out, queries, config, [int(e) for e in args.ef.split(",")])
             info = rows.pop()
             results["hnsw_vs_flat"], results["hnsw_build"] = rows, info
-            print(f"\n| index | efSearch | recall@10 vs Flat | QPS (1 thread, 1 query) | speedup |\n|---|---:|---:|---:|---:|")
+            print("\n| index | efSearch | recall@10 vs Flat | QPS (1 thread, 1 query) | speedup |\n|---|---:|---:|---:|---:|")
             for r in rows:
                 print(f"| {r['index']} | {r['ef_search']} | {r['recall@10']:.4f} | {r['qps']} | {r['speedup']}x |")
             print(f"HNSW32 build on 1 thread: {info['hnsw_build_seconds_1_thread']} s for {info['docs']} docs; "

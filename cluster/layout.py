@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from indexers.checkpoint import write_atomic
-from indexers.manifest import MANIFEST, ManifestError
+from indexers.manifest import MANIFEST, JsonManifest, ManifestError
 
 SHARDED_KIND = "sharded"
 SHARDED_FORMAT_VERSION = 1
@@ -45,7 +44,7 @@ def is_sharded(directory: str | Path) -> bool:
 
 
 @dataclass(slots=True)
-class ShardedManifest:
+class ShardedManifest(JsonManifest):
     """The top-level ``manifest.json`` of a sharded index; each shard keeps its own full manifest."""
 
     created_at: str
@@ -59,15 +58,6 @@ class ShardedManifest:
     kind: str = SHARDED_KIND
     format_version: int = SHARDED_FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys (e.g. tuned fusion), kept
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(data.pop("extra"))
-        return data
-
-    def write(self, directory: str | Path) -> None:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        write_atomic(Path(directory) / MANIFEST, text.encode())
 
     @classmethod
     def load(cls, directory: str | Path) -> ShardedManifest:

@@ -24,8 +24,24 @@ class ManifestError(ValueError):
     """A missing, unreadable, incompatible or mismatching manifest."""
 
 
+class JsonManifest:
+    """JSON round-trip shared by single-node and sharded manifests: known fields plus kept ``extra`` keys."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)  # type: ignore[call-overload]
+        data.update(data.pop("extra"))
+        return dict(data)
+
+    def write(self, directory: str | Path) -> None:
+        """Write ``manifest.json`` atomically (temp file + rename), so a reader never sees half of it."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        write_atomic(Path(directory) / MANIFEST, text.encode())
+
+
 @dataclass(slots=True)
-class Manifest:
+class Manifest(JsonManifest):
     """The contents of ``manifest.json`` (see the module docstring)."""
 
     created_at: str
@@ -39,14 +55,6 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(data.pop("extra"))
-        return data
-
-    def write(self, directory: str | Path) -> None:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        write_atomic(Path(directory) / MANIFEST, text.encode())
 
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:

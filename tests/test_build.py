@@ -15,7 +15,6 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
