@@ -106,6 +106,7 @@ class SparseIndex:
         self._max_blocks = int(np.diff(lbp).max()) if lbp.shape[0] > 1 else 0
         self._scratch = _Scratch(self.n_docs, vocab_size, self._max_blocks)
         self._no_filter = np.ones(1, dtype=np.bool_)
+        self._order: np.ndarray | None = None
         buf = arrays["fwd_buf"]
         narrow = vocab_size <= NARROW_VOCAB
         self._fwd = (arrays["fwd_ptr"], buf, buf.view(np.uint16) if narrow else buf, buf.view(np.float32),
@@ -300,11 +301,17 @@ class SparseIndex:
         kk, qc, hf, nk, allowed, use_allowed = opts
         s = self._scratch
         if exact:
-            return _search.exact_range(q.indptr, q.indices, q.data, a, b, kk, *self._fwd, allowed, use_allowed,
+            return _search.exact_range(q.indptr, q.indices, q.data, a, b, kk, self._storage_order(), *self._fwd, allowed, use_allowed,
                                        s.qmap8, s.qmap32, s.qv, ids, scores)
         return _search.search_range(q.indptr, q.indices, q.data, a, b, kk, qc, hf, nk, *self._idx_args,
                                     self._a["knn"], allowed, use_allowed, s.qmap8, s.qmap32, s.qv, s.visited, s.stamp,
                                     s.bscore, s.border, ids, scores)
+
+    def _storage_order(self) -> np.ndarray:
+        """Document ids in the order their records are stored (computed on the first exact search)."""
+        if self._order is None:
+            self._order = np.argsort(self._a["fwd_ptr"][:-1], kind="stable")
+        return self._order
 
     # ------------------------------------------------------------------ introspection
     @property

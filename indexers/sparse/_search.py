@@ -368,9 +368,9 @@ def search_range(q_ptr, q_terms, q_vals, start, stop, k, query_cut, heap_factor,
 
 
 @njit(cache=True, inline="always")
-def _exact_scan(fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap, qv, allowed, use_allowed, hs, hd, k):  # noqa: ANN001, ANN202
+def _exact_scan(order, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap, qv, allowed, use_allowed, hs, hd, k):  # noqa: ANN001, ANN202
     n = 0
-    for d in range(fwd_ptr.shape[0] - 1):
+    for d in order:  # storage order: the scan reads the forward buffer sequentially
         if use_allowed and not allowed[d]:
             continue
         s = _doc_score(fwd_ptr[d], fwd_buf, fwd_t, fwd_v, tshift, qmap, qv)
@@ -380,7 +380,7 @@ def _exact_scan(fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap, qv, allowed, use_a
 
 
 @njit(cache=True, nogil=True)
-def exact_range(q_ptr, q_terms, q_vals, start, stop, k, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift,
+def exact_range(q_ptr, q_terms, q_vals, start, stop, k, order, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift,
                 allowed, use_allowed, qmap8, qmap32, qv, out_ids, out_scores):  # noqa: ANN001, ANN202
     """Brute force over the forward index: the ground truth the approximate search is judged by."""
     hs = np.empty(k, dtype=np.float32)
@@ -390,9 +390,9 @@ def exact_range(q_ptr, q_terms, q_vals, start, stop, k, fwd_ptr, fwd_buf, fwd_t,
         qt = q_terms[q_ptr[i]:q_ptr[i + 1]]
         qw = q_vals[q_ptr[i]:q_ptr[i + 1]]
         if _set_query(qt, qw, qmap8, qmap32, qv, True):
-            n = _exact_scan(fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap32, qv, allowed, use_allowed, hs, hd, k)
+            n = _exact_scan(order, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap32, qv, allowed, use_allowed, hs, hd, k)
         else:
-            n = _exact_scan(fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap8, qv, allowed, use_allowed, hs, hd, k)
+            n = _exact_scan(order, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap8, qv, allowed, use_allowed, hs, hd, k)
         _set_query(qt, qw, qmap8, qmap32, qv, False)
         n = _heap_emit(hs, hd, n, out_ids[i], out_scores[i])
     return n
