@@ -14,14 +14,15 @@ WORKDIR /app
 # explicitly: an unpinned torch would pull a multi-GB CUDA build.
 COPY pyproject.toml README.md ./
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
- && mkdir -p encoders indexers service eval \
- && touch encoders/__init__.py indexers/__init__.py service/__init__.py eval/__init__.py \
+ && mkdir -p encoders indexers service eval cluster \
+ && for p in encoders indexers service eval cluster; do touch $p/__init__.py; done \
  && pip install . && pip uninstall -y trident-search
 
 COPY encoders ./encoders
 COPY indexers ./indexers
 COPY service ./service
 COPY eval ./eval
+COPY cluster ./cluster
 COPY data ./data
 RUN pip install --no-deps .
 
