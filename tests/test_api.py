@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service_fixture import build_tiny_index, metadata, shared_engine
+from service_fixture import metadata
 
 QUERY = "vitamin D deficiency and bone density"
 KEY = "test-key-123"
@@ -30,18 +30,6 @@ class Unclosed:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture(scope="session")
-def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "service-index"
-    root.mkdir(exist_ok=True)
-    return build_tiny_index(root)
-
-
-@pytest.fixture(scope="session")
-def engine(index_dir: Path) -> Any:
-    return shared_engine(index_dir)
 
 
 def make_client(engine: Any, index_dir: Path, **settings: Any) -> TestClient:

@@ -12,21 +12,9 @@ from service import fusion
 from service.engine import Engine
 from service.errors import IndexLoadError, InvalidRequestError, NotFoundError
 from service.schemas import SearchRequest
-from service_fixture import build_tiny_index, metadata, shared_engine
+from service_fixture import metadata
 
 QUERY = "vitamin D deficiency and bone density"
-
-
-@pytest.fixture(scope="session")
-def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "service-index"
-    root.mkdir(exist_ok=True)
-    return build_tiny_index(root)
-
-
-@pytest.fixture(scope="session")
-def engine(index_dir: Path) -> Engine:
-    return shared_engine(index_dir)
 
 
 def ids(resp) -> list[str]:
