@@ -38,15 +38,13 @@ from indexers.build import (
     BuildConfig,
     BuildError,
     Encoded,
-    _check_target,
-    _locked,
     _swap_in,
     build_index,
+    claimed_target,
     make_encoder,
-    recover,
     work_dir,
 )
-from indexers.corpus import CorpusReport, corpus_file, iter_corpus
+from indexers.corpus import CorpusReport, iter_corpus
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +72,7 @@ def build_sharded(
     config = config or BuildConfig()
     if shards < 1:
         raise BuildError(f"--shards must be >= 1, got {shards}")
-    out = Path(out).resolve()
-    source = corpus_file(corpus).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
-        recover(out)
-        _check_target(out)
+    with claimed_target(out, corpus) as (out, source):
         work = work_dir(out)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)

@@ -159,12 +159,7 @@ def build_index(
     """
     config = config or BuildConfig()
     progress = progress or Progress()
-    out = Path(out).resolve()
-    source = corpus_file(corpus).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
-        recover(out)
-        _check_target(out)
+    with claimed_target(out, corpus) as (out, source):
         job = _Job(source, out, config, skip_invalid, progress, encoded or {})
         job.open(resume)
         manifest = job.run()
@@ -510,6 +505,19 @@ def _quiet_corpus(quiet: bool) -> Iterator[None]:
 
 
 # -- the directory swap ----------------------------------------------------------------------------
+@contextmanager
+def claimed_target(out: str | Path, corpus: str | Path) -> Iterator[tuple[Path, Path]]:
+    """Resolve ``out`` and the corpus file, then hold ``out``'s build lock with any half-finished
+    swap repaired and a non-index folder refused: what every build (single or sharded) starts with."""
+    target = Path(out).resolve()
+    source = corpus_file(corpus).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target):
+        recover(target)
+        _check_target(target)
+        yield target, source
+
+
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """One build per output directory at a time."""
