@@ -88,7 +88,7 @@ def synthetic_splade(
 
 
 def _corpus_texts(path: Path) -> list[str]:
-    from encoders.text import document_text
+    from trident_search.encoders.text import document_text
 
     with open(path, encoding="utf-8") as f:
         return [document_text(r.get("title"), r.get("text")) for r in map(json.loads, f)]
@@ -105,7 +105,7 @@ def encode_beir(folder: Path, name: str, query_files: list[str], *, cache_dir: P
     """Encode a BEIR-layout folder once with the default SPLADE encoder into `cache_dir`:
     `<name>-docs-<i>.npz` shards (small files travel back from the GPU machine) and
     `<name>-<queries file stem>.npz`."""
-    from encoders.sparse import SparseEncoder
+    from trident_search.encoders.sparse import SparseEncoder
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     enc = SparseEncoder(model, device=device, batch_size=batch_size)

@@ -3,7 +3,7 @@
     python benchmarks/bm25_scifact.py [--data ../shared/data/beir/scifact] [--threads 2]
 
 For "flat" and "multifield" it builds a BM25Index from the streamed corpus, runs the test queries at
-1000 hits (Anserini's ``-hits 1000``), scores them with ``eval.metrics`` (pytrec_eval, BEIR's
+1000 hits (Anserini's ``-hits 1000``), scores them with ``trident_search.eval.metrics`` (pytrec_eval, BEIR's
 ``ignore_identical_ids`` = Anserini's ``-removeQuery``) and prints them next to the published
 regression values. Throughput is batch search at k=100 next to the anchor, measured alternately in
 the same run: Anserini's ``SimpleSearcher.batch_search`` (the Java call Pyserini's ``LuceneSearcher``
@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from eval.beir import BeirDataset
-from eval.metrics import evaluate
-from indexers import jvm
-from indexers.bm25 import BM25Index
-from indexers.corpus import iter_corpus
+from trident_search.eval.beir import BeirDataset
+from trident_search.eval.metrics import evaluate
+from trident_search.indexers import jvm
+from trident_search.indexers.bm25 import BM25Index
+from trident_search.indexers.corpus import iter_corpus
 
 log = logging.getLogger("bm25_scifact")
 

@@ -9,7 +9,7 @@
 2. Anchor: the raw encoder (one ``encode_documents`` call over the first ``--raw-docs`` texts) next
    to the pipeline's encode stage on the same documents (a build of that slice); ratio = overhead.
 3. With qrels (a BEIR folder): nDCG@10 / Recall@100 of the dense Flat index through pytrec_eval
-   (``eval.metrics``), next to the MTEB value for all-MiniLM-L6-v2 on scifact (0.6451).
+   (``trident_search.eval.metrics``), next to the MTEB value for all-MiniLM-L6-v2 on scifact (0.6451).
 4. ``--hnsw``: HNSW32 built from the same vectors, recall@10 against Flat (the anchor) and
    single-query throughput on one thread, for several efSearch values.
 """
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from encoders.text import document_text
-from indexers.build import BuildConfig, build_index, make_encoder
-from indexers.corpus import corpus_file, iter_corpus
-from indexers.dense import DenseIndex, faiss_threads
-from indexers.docstore import DocStore
-from indexers.progress import Progress
+from trident_search.encoders.text import document_text
+from trident_search.indexers.build import BuildConfig, build_index, make_encoder
+from trident_search.indexers.corpus import corpus_file, iter_corpus
+from trident_search.indexers.dense import DenseIndex, faiss_threads
+from trident_search.indexers.docstore import DocStore
+from trident_search.indexers.progress import Progress
 
 log = logging.getLogger("benchmarks.build")
 MTEB_SCIFACT_NDCG10 = 0.6451
@@ -78,8 +78,8 @@ def raw_vs_pipeline(corpus: Path, config: BuildConfig, n: int, work: Path) -> li
 
 
 def dense_quality(dataset: Path, index_dir: Path, config: BuildConfig, split: str) -> dict[str, float]:
-    from eval.beir import BeirDataset
-    from eval.metrics import evaluate
+    from trident_search.eval.beir import BeirDataset
+    from trident_search.eval.metrics import evaluate
 
     data = BeirDataset.open(dataset)
     queries = data.queries(split)

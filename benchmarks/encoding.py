@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from encoders import DenseEncoder, SparseEncoder, document_text
-from eval.beir import BeirDataset, Qrels
-from eval.metrics import evaluate
-from indexers.corpus import iter_corpus
+from trident_search.encoders import DenseEncoder, SparseEncoder, document_text
+from trident_search.eval.beir import BeirDataset, Qrels
+from trident_search.eval.metrics import evaluate
+from trident_search.indexers.corpus import iter_corpus
 
 log = logging.getLogger("benchmarks.encoding")
 

@@ -1,7 +1,7 @@
 """Which retriever limits hybrid quality? Tune fusion on train for every subset of retrievers, score on test.
 
 Each retriever's depth-100 lists are retrieved once per query through ``Engine.retrieve``; fusion
-and tuning are ``eval.tuning`` (the same ``service.fusion`` code the server runs). Weights are tuned
+and tuning are ``trident_search.eval.tuning`` (the same ``trident_search.service.fusion`` code the server runs). Weights are tuned
 on the train split only; test is scored once per subset with the train-chosen settings.
 
     python benchmarks/fusion_ablation.py --dataset ../shared/data/beir/scifact --index indexes/scifact
@@ -12,12 +12,12 @@ import argparse
 import itertools
 import logging
 
-from eval.beir import BeirDataset
-from eval.metrics import evaluate
-from eval.run import retrieve_lists
-from eval.tuning import grid, tune
-from service.engine import Engine
-from service.fusion import fuse
+from trident_search.eval.beir import BeirDataset
+from trident_search.eval.metrics import evaluate
+from trident_search.eval.run import retrieve_lists
+from trident_search.eval.tuning import grid, tune
+from trident_search.service.engine import Engine
+from trident_search.service.fusion import fuse
 
 
 def main(argv: list[str] | None = None) -> None:

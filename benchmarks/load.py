@@ -84,7 +84,7 @@ def free_port() -> int:
 def start_server(index: Path, port: int, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
     """uvicorn with the app factory in a child process (access log off: it would be measured too)."""
     env = {**os.environ, "TRIDENT_INDEX": str(index), "HF_HUB_OFFLINE": "1", **extra_env}
-    cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "uvicorn", "trident_search.service.app:create_app", "--factory", "--host", "127.0.0.1",
            "--port", str(port), "--no-access-log", "--log-level", "warning"]
     return subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parent.parent)
 

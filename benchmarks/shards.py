@@ -37,7 +37,7 @@ SCIFACT = Path("/work/shared/data/beir/scifact")
 
 
 def _subset(corpus: Path, limit: int | None, tmp: Path) -> Path:
-    from indexers.corpus import corpus_file
+    from trident_search.indexers.corpus import corpus_file
 
     source = corpus_file(corpus)
     if limit is None:
@@ -60,12 +60,12 @@ def _latencies(search: Callable[[str], object], queries: list[str], warmup: int 
 
 
 def speed(args: argparse.Namespace) -> None:
-    from cluster.build import build_sharded
-    from cluster.runtime import connect
-    from cluster.serving import ShardedEngine
-    from indexers.build import BuildConfig, build_index
-    from service.engine import Engine
-    from service.schemas import SearchRequest
+    from trident_search.cluster.build import build_sharded
+    from trident_search.cluster.runtime import connect
+    from trident_search.cluster.serving import ShardedEngine
+    from trident_search.indexers.build import BuildConfig, build_index
+    from trident_search.service.engine import Engine
+    from trident_search.service.schemas import SearchRequest
 
     retrievers = tuple(args.retrievers.split(","))
     mode = retrievers[0] if len(retrievers) == 1 else "hybrid"
@@ -119,14 +119,14 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def quality(args: argparse.Namespace) -> None:
-    from cluster.build import build_sharded
-    from cluster.runtime import connect
-    from cluster.serving import ShardedEngine
-    from eval.beir import BeirDataset
-    from eval.metrics import evaluate
-    from indexers.build import BuildConfig, build_index
-    from service.engine import Engine
-    from service.schemas import SearchRequest
+    from trident_search.cluster.build import build_sharded
+    from trident_search.cluster.runtime import connect
+    from trident_search.cluster.serving import ShardedEngine
+    from trident_search.eval.beir import BeirDataset
+    from trident_search.eval.metrics import evaluate
+    from trident_search.indexers.build import BuildConfig, build_index
+    from trident_search.service.engine import Engine
+    from trident_search.service.schemas import SearchRequest
 
     data = BeirDataset.open(args.dataset)
     queries = data.queries("test")

@@ -2,7 +2,7 @@
 
 Encodes scifact once with the default sparse encoder (cached under cache/sparse/), builds a
 `SparseIndex` with the given (default) parameters, and scores exact and approximate search with
-pytrec_eval through `eval.metrics`. The acceptance bound: approximate nDCG@10 within 0.005 of exact
+pytrec_eval through `trident_search.eval.metrics`. The acceptance bound: approximate nDCG@10 within 0.005 of exact
 with the default parameters (exact, measured when DESIGN.md was written: 0.644).
 
     python benchmarks/sparse_scifact.py                       # defaults
@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sparse_data import DATASETS, encode_beir, load_encoded  # noqa: E402
 
-from eval.beir import BeirDataset  # noqa: E402
-from eval.metrics import evaluate  # noqa: E402
-from indexers.sparse import SparseIndex, SparseParams  # noqa: E402
+from trident_search.eval.beir import BeirDataset  # noqa: E402
+from trident_search.eval.metrics import evaluate  # noqa: E402
+from trident_search.indexers.sparse import SparseIndex, SparseParams  # noqa: E402
 
 log = logging.getLogger("sparse_scifact")
 METRICS = ("ndcg@10", "recall@100")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sparse_data import DATASETS, load_encoded, synthetic_splade  # noqa: E402
 
-from indexers.sparse import SparseIndex, SparseParams  # noqa: E402
+from trident_search.indexers.sparse import SparseIndex, SparseParams  # noqa: E402
 
 log = logging.getLogger("sparse_vs_seismic")
 K = 10

@@ -8,7 +8,7 @@ Stages (each timed into the top-level manifest):
 2. **encode** (Ray Data): reads the documents' texts and runs ``map_batches`` over a pool of
    :class:`DocumentEncoder` actors, one model load per actor, on CPU or GPU. Output is Parquet
    with plain Arrow list columns, one partition per shard.
-3. **shards** (one Ray task per shard): ``indexers.build.build_index`` over the shard's records,
+3. **shards** (one Ray task per shard): ``trident_search.indexers.build.build_index`` over the shard's records,
    taking the encodings from stage 2, so each shard is exactly a single-node index directory.
    A task that dies (worker or node lost, pre-emption) is retried, and resumes from the shard's
    own checkpoints.
@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from cluster.layout import ASSIGNMENT_RULE, ShardedManifest, shard_name, shard_of
-from cluster.runtime import connect
-from indexers.build import (
+from trident_search.cluster.layout import ASSIGNMENT_RULE, ShardedManifest, shard_name, shard_of
+from trident_search.cluster.runtime import connect
+from trident_search.indexers.build import (
     BuildConfig,
     BuildError,
     Encoded,
@@ -44,7 +44,7 @@ from indexers.build import (
     make_encoder,
     work_dir,
 )
-from indexers.corpus import CorpusReport, iter_corpus
+from trident_search.indexers.corpus import CorpusReport, iter_corpus
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def build_sharded_cli(
     corpus: Path, out: Path, config: BuildConfig, shards: int, address: str, resume: bool, skip_invalid: bool
 ) -> ShardedManifest:
     """``trident index build --ray-address``: :func:`build_sharded` with the CLI's error types."""
-    from cluster.runtime import RayUnavailableError
+    from trident_search.cluster.runtime import RayUnavailableError
 
     if resume:
         raise BuildError("--resume is for single-node builds; in a sharded build Ray retries failed "
@@ -148,7 +148,7 @@ def _stage(stages: dict[str, dict[str, float]], name: str, docs: int, t0: float)
 # -- 1. partition -----------------------------------------------------------------------------------
 def _partition(source: Path, work: Path, n: int, skip_invalid: bool, report: CorpusReport) -> list[int]:
     """Write each shard's valid records (corpus order) and its encoder input; return shard sizes."""
-    from encoders.text import document_text
+    from trident_search.encoders.text import document_text
 
     parts = work / "parts"
     parts.mkdir()

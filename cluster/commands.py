@@ -21,8 +21,8 @@ cluster_app = typer.Typer(
 @cluster_app.command("info")
 def info(index: Path = typer.Argument(..., help="Sharded index directory.")) -> None:
     """Print a sharded index's top-level manifest: shards, document counts, assignment rule."""
-    from cluster.layout import ShardedManifest
-    from indexers.manifest import ManifestError
+    from trident_search.cluster.layout import ShardedManifest
+    from trident_search.indexers.manifest import ManifestError
 
     try:
         manifest = ShardedManifest.load(index)
@@ -44,8 +44,8 @@ def serve(
     query_backend: str = typer.Option("onnx", help="Query encoder backend in the shard actors: onnx or torch."),
 ) -> None:
     """Serve a sharded index: this process is the HTTP router and Ray driver, shards are actors."""
-    from cluster.serving import serve_sharded
-    from service.errors import TridentError
+    from trident_search.cluster.serving import serve_sharded
+    from trident_search.service.errors import TridentError
 
     try:
         serve_sharded(index, address=ray_address, host=host, port=port, replicas=replicas,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from indexers.manifest import MANIFEST, JsonManifest, ManifestError
+from trident_search.indexers.manifest import MANIFEST, JsonManifest, ManifestError
 
 SHARDED_KIND = "sharded"
 SHARDED_FORMAT_VERSION = 1

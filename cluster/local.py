@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.runtime import WORKER_ENV, connect, import_ray
+from trident_search.cluster.runtime import WORKER_ENV, connect, import_ray
 
 CLUSTER_ENV = {**WORKER_ENV, "RAY_AUTH_MODE": "disabled"}
 FAST_HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}

@@ -1,7 +1,7 @@
 """Scatter-gather serving of a sharded index: shard actors, and a router that fuses globally.
 
 Every shard is held by ``replicas`` Ray actors (:class:`ShardServer`), each a plain single-node
-:class:`service.engine.Engine` over its shard directory, created with ``max_restarts=-1`` and spread
+:class:`trident_search.service.engine.Engine` over its shard directory, created with ``max_restarts=-1`` and spread
 over the nodes. The router is the serving process itself (FastAPI/uvicorn as the Ray driver: about
 3 ms of fan-out per query here, where Ray Serve's HTTP ingress cost 10-25 ms).
 
@@ -9,7 +9,7 @@ The router encodes the query once (int8 ONNX query encoders, loaded here) and se
 with it to one replica of every shard. Each shard returns, per retriever, its own top
 ``depth`` hits with *raw* scores (filters applied inside the shard). The router merges each
 retriever's lists into the global top ``depth`` and then runs exactly the single-node path:
-``Engine.search`` with its depth rules, fusion defaults and ``service.fusion`` (fusion and
+``Engine.search`` with its depth rules, fusion defaults and ``trident_search.service.fusion`` (fusion and
 normalisation must see the merged lists, never per-shard ones). The page is then fetched from the
 shards that own its documents.
 
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.layout import ShardedManifest, shard_of
-from indexers.hits import Hit
-from service.engine import DEFAULT_DEPTH, Engine, RetrieverRun
-from service.errors import IndexLoadError, NotFoundError, NotReadyError, TridentError
-from service.schemas import (
+from trident_search.cluster.layout import ShardedManifest, shard_of
+from trident_search.indexers.hits import Hit
+from trident_search.service.engine import DEFAULT_DEPTH, Engine, RetrieverRun
+from trident_search.service.errors import IndexLoadError, NotFoundError, NotReadyError, TridentError
+from trident_search.service.schemas import (
     DocumentResponse,
     IndexInfo,
     Retriever,
@@ -263,8 +263,8 @@ class ShardedEngine(Engine):
         load_timeout_s: float = 300.0,
     ) -> ShardedEngine:
         """Join the cluster, start the shard actors and wait until each has loaded its shard."""
-        from cluster.runtime import connect
-        from indexers.manifest import Manifest, ManifestError
+        from trident_search.cluster.runtime import connect
+        from trident_search.indexers.manifest import Manifest, ManifestError
 
         path = Path(index_dir).resolve()
         try:
@@ -381,11 +381,11 @@ def query_encoders(manifest: Any, backend: str) -> dict[Retriever, Any]:
                   backend=backend)
     out: dict[Retriever, Any] = {}
     if "sparse" in manifest.retrievers:
-        from encoders.sparse import SparseEncoder
+        from trident_search.encoders.sparse import SparseEncoder
 
         out["sparse"] = SparseEncoder(manifest.models["sparse"]["name"], **common)
     if "dense" in manifest.retrievers:
-        from encoders.dense import DenseEncoder
+        from trident_search.encoders.dense import DenseEncoder
 
         out["dense"] = DenseEncoder(manifest.models["dense"]["name"], **common)
     return out
@@ -417,7 +417,7 @@ def merge_runs(
 
 
 def sharded_loader(address: str, **options: Any) -> Callable[[Any], ShardedEngine]:
-    """An ``EngineLoader`` for ``service.app.create_app`` that serves a sharded index over Ray."""
+    """An ``EngineLoader`` for ``trident_search.service.app.create_app`` that serves a sharded index over Ray."""
 
     def load(settings: Any) -> ShardedEngine:
         return ShardedEngine.connect(settings.index, address=address, query_backend=settings.query_backend,
@@ -433,14 +433,14 @@ DEADLINE_ENV = "TRIDENT_SHARD_DEADLINE_S"
 
 
 def create_sharded_app() -> Any:
-    """uvicorn factory: the usual app (``service.app.create_app``) with the sharded engine behind it.
+    """uvicorn factory: the usual app (``trident_search.service.app.create_app``) with the sharded engine behind it.
 
     Options travel by environment, as for ``trident serve``, so every uvicorn worker reads the same.
     """
     import os
 
-    from service.app import create_app
-    from service.config import Settings
+    from trident_search.service.app import create_app
+    from trident_search.service.config import Settings
 
     loader = sharded_loader(
         os.environ.get(ADDRESS_ENV, "auto"),
@@ -459,7 +459,7 @@ def serve_sharded(
 
     import uvicorn
 
-    from cluster.layout import is_sharded
+    from trident_search.cluster.layout import is_sharded
 
     if not is_sharded(index):
         raise IndexLoadError(f"{index} is not a sharded index (build one with `trident index build "
@@ -471,5 +471,5 @@ def serve_sharded(
         "TRIDENT_INDEX": str(index), "TRIDENT_QUERY_BACKEND": query_backend, ADDRESS_ENV: address,
         REPLICAS_ENV: str(replicas), DEADLINE_ENV: str(deadline_s),
     })
-    uvicorn.run("cluster.serving:create_sharded_app", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("trident_search.cluster.serving:create_sharded_app", factory=True, host=host, port=port, workers=workers,
                 log_level=os.environ.get("TRIDENT_LOG_LEVEL", "info"))

@@ -1,6 +1,6 @@
 """Trident encoders: text -> sparse (SPLADE) and dense vectors, with offline default weights.
 
-The encoder classes are imported lazily, so `encoders.text` or `encoders.errors` stay cheap to import
+The encoder classes are imported lazily, so `trident_search.encoders.text` or `trident_search.encoders.errors` stay cheap to import
 for code that never loads a model.
 """
 
@@ -9,19 +9,19 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from encoders.errors import EncoderConfigError, EncoderError, ModelLoadError
-from encoders.text import document_text
+from trident_search.encoders.errors import EncoderConfigError, EncoderError, ModelLoadError
+from trident_search.encoders.text import document_text
 
 if TYPE_CHECKING:
-    from encoders.dense import DenseEncoder
-    from encoders.sparse import SparseEncoder
+    from trident_search.encoders.dense import DenseEncoder
+    from trident_search.encoders.sparse import SparseEncoder
 
 __all__ = ["DenseEncoder", "EncoderConfigError", "EncoderError", "ModelLoadError", "SparseEncoder", "document_text"]
 
-_LAZY = {"SparseEncoder": "encoders.sparse", "DenseEncoder": "encoders.dense"}
+_LAZY = {"SparseEncoder": "trident_search.encoders.sparse", "DenseEncoder": "trident_search.encoders.dense"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'encoders' has no attribute {name!r}")
+    raise AttributeError(f"module 'trident_search.encoders' has no attribute {name!r}")

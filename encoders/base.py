@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from encoders.models import ModelSource, load_sentence_transformers, resolve_model
-from encoders.onnx import OnnxQueryModel
-from encoders.runtime import (
+from trident_search.encoders.models import ModelSource, load_sentence_transformers, resolve_model
+from trident_search.encoders.onnx import OnnxQueryModel
+from trident_search.encoders.runtime import (
     check_backend,
     check_positive,
     check_threads,

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from encoders.base import SentenceTransformersEncoder
-from encoders.models import DENSE_DEFAULT
-from encoders.runtime import torch_threads
-from encoders.text import check_texts
+from trident_search.encoders.base import SentenceTransformersEncoder
+from trident_search.encoders.models import DENSE_DEFAULT
+from trident_search.encoders.runtime import torch_threads
+from trident_search.encoders.text import check_texts
 
 
 class DenseEncoder(SentenceTransformersEncoder):
@@ -49,7 +49,7 @@ class DenseEncoder(SentenceTransformersEncoder):
         return int(self._model.get_embedding_dimension())
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode documents (join title and body with `encoders.text.document_text` first): ``(n, dim)``."""
+        """Encode documents (join title and body with `trident_search.encoders.text.document_text` first): ``(n, dim)``."""
         return self._encode_torch(check_texts(texts), document=True)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from encoders.errors import EncoderConfigError, EncoderError
-from encoders.models import ModelSource
+from trident_search.encoders.errors import EncoderConfigError, EncoderError
+from trident_search.encoders.models import ModelSource
 
 logger = logging.getLogger(__name__)
 

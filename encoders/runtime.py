@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from encoders.errors import EncoderConfigError
+from trident_search.encoders.errors import EncoderConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 

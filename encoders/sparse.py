@@ -18,10 +18,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from encoders.base import SentenceTransformersEncoder
-from encoders.models import SPARSE_DEFAULT
-from encoders.runtime import check_positive, torch_threads
-from encoders.text import check_texts
+from trident_search.encoders.base import SentenceTransformersEncoder
+from trident_search.encoders.models import SPARSE_DEFAULT
+from trident_search.encoders.runtime import check_positive, torch_threads
+from trident_search.encoders.text import check_texts
 
 # Sequence positions pooled per step: bounds the extra (batch, chunk, vocab) buffer SpladePooling allocates.
 POOLING_CHUNK = 64
@@ -77,7 +77,7 @@ class SparseEncoder(SentenceTransformersEncoder):
         return self._vocab_size
 
     def encode_documents(self, texts: Sequence[str]) -> sp.csr_matrix:
-        """Encode documents (join title and body with `encoders.text.document_text` first); keeps ``doc_top_k``."""
+        """Encode documents (join title and body with `trident_search.encoders.text.document_text` first); keeps ``doc_top_k``."""
         return prune_top_k(self._encode_torch(check_texts(texts), document=True), self.doc_top_k)
 
     def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexers.corpus import corpus_file
+from trident_search.indexers.corpus import corpus_file
 
 Qrels = dict[str, dict[str, int]]
 

@@ -1,4 +1,4 @@
-"""``trident eval``: evaluate an index on a BEIR dataset (mounted by ``service.cli`` via entry point).
+"""``trident eval``: evaluate an index on a BEIR dataset (mounted by ``trident_search.service.cli`` via entry point).
 
 Heavy imports (the engine, Lucene, the encoders) happen inside the command, so ``trident --help``
 stays fast.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from eval.results import EvalResult
+    from trident_search.eval.results import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ def beir(
     gzip_runs: bool = typer.Option(False, "--gzip-runs", help="Write the TREC runs as .trec.gz."),
 ) -> None:
     """Evaluate every mode on a BEIR split; write report.md, report.json, a PNG and TREC runs."""
-    from eval.beir import BeirDataset, DatasetError
-    from eval.download import DownloadError, resolve_dataset
-    from eval.results import EvalResult, load_references
-    from eval.run import (
+    from trident_search.eval.beir import BeirDataset, DatasetError
+    from trident_search.eval.download import DownloadError, resolve_dataset
+    from trident_search.eval.results import EvalResult, load_references
+    from trident_search.eval.run import (
         MODES,
         EvalError,
         build_stages,
@@ -73,7 +73,7 @@ def beir(
         run_mode,
         tune_fusion,
     )
-    from eval.tuning import TuningError
+    from trident_search.eval.tuning import TuningError
 
     started = time.perf_counter()
     try:
@@ -99,8 +99,8 @@ def beir(
     if tune_on:
         wanted += [m for m in ("rrf-tuned", "interpolation-tuned") if m not in wanted]
 
-    from service.engine import Engine
-    from service.errors import IndexLoadError
+    from trident_search.service.engine import Engine
+    from trident_search.service.errors import IndexLoadError
 
     try:
         engine = Engine.load(index_dir, query_backend=query_backend, threads=threads)
@@ -140,7 +140,7 @@ def beir(
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
-    from eval.report import write_report
+    from trident_search.eval.report import write_report
 
     out_dir = out or Path("reports") / ds.name
     write_report(result, out_dir, gzip_runs=gzip_runs)
@@ -149,7 +149,7 @@ def beir(
 
 
 def _build(corpus: Path, index_dir: Path) -> None:
-    from indexers.build import BuildError, build_index
+    from trident_search.indexers.build import BuildError, build_index
 
     try:
         build_index(corpus, index_dir)
@@ -175,7 +175,7 @@ def _print_table(result: EvalResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from eval.report import METRIC_COLUMNS
+    from trident_search.eval.report import METRIC_COLUMNS
 
     table = Table(title=f"{result.dataset} {result.split} ({result.queries} queries)")
     for col in ("mode", *METRIC_COLUMNS, "p50 ms", "p99 ms"):

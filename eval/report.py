@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from eval.results import EvalResult, Run
+from trident_search.eval.results import EvalResult, Run
 
 log = logging.getLogger(__name__)
 

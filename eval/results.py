@@ -68,5 +68,5 @@ def latency_summary(seconds: list[float] | np.ndarray) -> dict[str, float]:
 
 def load_references(dataset: str, split: str) -> list[dict[str, Any]]:
     """Published rows for a dataset/split from ``eval/references.json`` (each with its source)."""
-    data = json.loads(files("eval").joinpath("references.json").read_text())
+    data = json.loads(files("trident_search.eval").joinpath("references.json").read_text())
     return [r for r in data["rows"] if r["dataset"] == dataset and r["split"] == split]

@@ -1,4 +1,4 @@
-"""Run retrieval modes of ``service.engine.Engine`` in process over a BEIR split, and tune fusion.
+"""Run retrieval modes of ``trident_search.service.engine.Engine`` in process over a BEIR split, and tune fusion.
 
 The engine is the one the server runs, called with the same ``SearchRequest`` models, so the
 numbers describe the served code. Each query is one ``Engine.search`` call timed on its own, which
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eval.metrics import evaluate
-from eval.results import ModeResult, Run, latency_summary
-from eval.tuning import RetrieverRuns, TuningResult, manifest_fusion, tune, write_manifest_fusion
-from indexers.hits import Hit
-from service.schemas import FusionOptions, RetrieverOptions, SearchRequest
+from trident_search.eval.metrics import evaluate
+from trident_search.eval.results import ModeResult, Run, latency_summary
+from trident_search.eval.tuning import RetrieverRuns, TuningResult, manifest_fusion, tune, write_manifest_fusion
+from trident_search.indexers.hits import Hit
+from trident_search.service.schemas import FusionOptions, RetrieverOptions, SearchRequest
 
 if TYPE_CHECKING:
-    from service.engine import Engine
+    from trident_search.service.engine import Engine
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Tune fusion settings on a tuning split, and store the winner in an index manifest.
 
 Each retriever's depth-``d`` list is retrieved once per tuning query; every grid point is then only
-a fusion in memory, with the same ``service.fusion`` code the engine runs, and a metric. The test
+a fusion in memory, with the same ``trident_search.service.fusion`` code the engine runs, and a metric. The test
 split must never be passed here: :func:`tune` refuses a split named ``test``.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from eval.metrics import evaluate
-from indexers.hits import Hit
-from indexers.manifest import Manifest, ManifestError
-from service.fusion import Normalized, normalize, reciprocal_ranks
+from trident_search.eval.metrics import evaluate
+from trident_search.indexers.hits import Hit
+from trident_search.indexers.manifest import Manifest, ManifestError
+from trident_search.service.fusion import Normalized, normalize, reciprocal_ranks
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _fused_runs(
 ) -> list[dict[str, dict[str, float]]]:
     """Fuse every query under each setting of a group sharing one per-run transform.
 
-    ``service.fusion`` gives each run's normalised (or reciprocal-rank) values; the weighted sum
+    ``trident_search.service.fusion`` gives each run's normalised (or reciprocal-rank) values; the weighted sum
     over runs is then one matrix product for all weight vectors at once, which is what makes a
     grid of hundreds of points cheap. Documents are pre-sorted by docid descending and sorted
     stably by score, which is trec_eval's order, so cutting at ``depth`` keeps exactly the

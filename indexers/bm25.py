@@ -30,7 +30,7 @@ Why it is built this way:
 
 Hits carry external ids (the corpus ``_id``), best first; the list position is the Lucene rank.
 Anserini's ``-removeQuery`` (dropping a hit whose id equals the query id) is an evaluation concern and
-lives in ``eval.metrics`` (BEIR's ``ignore_identical_ids``), not here.
+lives in ``trident_search.eval.metrics`` (BEIR's ``ignore_identical_ids``), not here.
 """
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ from typing import IO, Any
 import numpy as np
 from numba import njit
 
-from indexers import jvm
-from indexers.corpus import Document
-from indexers.hits import Hit
+from trident_search.indexers import jvm
+from trident_search.indexers.corpus import Document
+from trident_search.indexers.hits import Hit
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from indexers.checkpoint import ShardStore, fsync_dir, write_atomic
-from indexers.corpus import CorpusReport, Document, corpus_file, iter_corpus
-from indexers.dense import DenseIndex, default_factory
-from indexers.docstore import DocStore
-from indexers.manifest import MANIFEST, Manifest, file_table
-from indexers.progress import Progress, StageTicker
+from trident_search.indexers.checkpoint import ShardStore, fsync_dir, write_atomic
+from trident_search.indexers.corpus import CorpusReport, Document, corpus_file, iter_corpus
+from trident_search.indexers.dense import DenseIndex, default_factory
+from trident_search.indexers.docstore import DocStore
+from trident_search.indexers.manifest import MANIFEST, Manifest, file_table
+from trident_search.indexers.progress import Progress, StageTicker
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class BuildConfig:
 
     def sparse_index_params(self) -> Any:
         """``SparseParams`` from ``sparse_params``; unknown names are an error listing the valid ones."""
-        from indexers.sparse import SparseIndexError, SparseParams
+        from trident_search.indexers.sparse import SparseIndexError, SparseParams
 
         valid = [f.name for f in fields(SparseParams)]
         unknown = sorted(set(self.sparse_params) - set(valid))
@@ -130,11 +130,11 @@ def make_encoder(cfg: BuildConfig, kind: str) -> tuple[Any, dict[str, Any]]:
         device=cfg.device, max_length=cfg.max_length, batch_size=cfg.batch_size, threads=cfg.encoder_threads
     )
     if kind == "sparse":
-        from encoders.sparse import SparseEncoder
+        from trident_search.encoders.sparse import SparseEncoder
 
         enc = SparseEncoder(cfg.sparse_model, doc_top_k=cfg.sparse_doc_top_k, **common)
         return enc, {"name": enc.name, "revision": enc.revision, "vocab_size": enc.vocab_size}
-    from encoders.dense import DenseEncoder
+    from trident_search.encoders.dense import DenseEncoder
 
     enc = DenseEncoder(cfg.dense_model, **common)
     return enc, {"name": enc.name, "revision": enc.revision, "dim": enc.dim}
@@ -310,7 +310,7 @@ class _Job:
     def _bm25(self) -> None:
         if self._done("bm25"):
             return
-        from indexers.bm25 import BM25Index
+        from trident_search.indexers.bm25 import BM25Index
 
         partial, final = self.work / "bm25.partial", self.work / "bm25"
         for p in (partial, final):
@@ -330,7 +330,7 @@ class _Job:
         stage = f"{kind} encode"
         if self._done(stage):
             return
-        from encoders.text import document_text
+        from trident_search.encoders.text import document_text
 
         shards = ShardStore(self.work / CHECKPOINTS / kind, kind)
         if kind in self.encoded:
@@ -376,7 +376,7 @@ class _Job:
     def _sparse_index(self) -> None:
         if self._done("sparse index"):
             return
-        from indexers.sparse import SparseIndex
+        from trident_search.indexers.sparse import SparseIndex
 
         params = self.config.sparse_index_params()
         shards = ShardStore(self.work / CHECKPOINTS / "sparse", "sparse")
@@ -494,7 +494,7 @@ def _check_rows(got: int, want: int, what: str) -> None:
 @contextmanager
 def _quiet_corpus(quiet: bool) -> Iterator[None]:
     """Silence per-record skip warnings on passes after the first (they were logged once)."""
-    logger = logging.getLogger("indexers.corpus")
+    logger = logging.getLogger("trident_search.indexers.corpus")
     before = logger.level
     if quiet:
         logger.setLevel(logging.ERROR)

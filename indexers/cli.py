@@ -51,8 +51,8 @@ def build(
     ),
 ) -> None:
     """Build docstore, BM25, learned-sparse and dense indexes for a corpus into one directory."""
-    from indexers.build import BuildConfig, BuildError, build_index
-    from indexers.corpus import CorpusError
+    from trident_search.indexers.build import BuildConfig, BuildError, build_index
+    from trident_search.indexers.corpus import CorpusError
 
     try:
         config = BuildConfig(
@@ -74,7 +74,7 @@ def build(
         if ray_address is None and shards > 1:
             _fail("--shards needs --ray-address (local: a private Ray on this machine)")
         if ray_address is not None:
-            from cluster.build import build_sharded_cli  # optional package: imported only when asked for
+            from trident_search.cluster.build import build_sharded_cli  # optional package: imported only when asked for
 
             manifest = build_sharded_cli(corpus, out, config, shards, ray_address, resume, skip_invalid)
         else:
@@ -100,7 +100,7 @@ def info(
     verify: bool = typer.Option(False, help="Re-hash every file against the manifest."),
 ) -> None:
     """Print an index's manifest; with --verify, check every file's checksum."""
-    from indexers.manifest import Manifest, ManifestError
+    from trident_search.indexers.manifest import Manifest, ManifestError
 
     try:
         manifest = Manifest.load(index)

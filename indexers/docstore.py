@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from indexers.corpus import Document
+from trident_search.indexers.corpus import Document
 
 _SCHEMA = """
 CREATE TABLE docs (

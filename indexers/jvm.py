@@ -167,7 +167,7 @@ def _check_foreign_vm() -> None:
     except Exception as exc:  # jnius raises a JavaException subclass of Exception
         raise RuntimeError(
             "a JVM is already running in this process without Anserini on its classpath; import "
-            "pyserini/jnius only through indexers.jvm"
+            "pyserini/jnius only through trident_search.indexers.jvm"
         ) from exc
 
 

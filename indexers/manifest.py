@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from indexers.checkpoint import write_atomic
+from trident_search.indexers.checkpoint import write_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

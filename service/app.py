@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.config import Settings
-from service.errors import (
+from trident_search.service.config import Settings
+from trident_search.service.errors import (
     AuthenticationError,
     InvalidRequestError,
     NotReadyError,
@@ -37,8 +37,8 @@ from service.errors import (
     PermissionDeniedError,
     TridentError,
 )
-from service.metrics import CONTENT_TYPE, Metrics
-from service.schemas import (
+from trident_search.service.metrics import CONTENT_TYPE, Metrics
+from trident_search.service.schemas import (
     RETRIEVERS,
     BatchSearchRequest,
     BatchSearchResponse,
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 class SearchEngine(Protocol):
-    """What the app needs from an engine (``service.engine.Engine``, or a test double)."""
+    """What the app needs from an engine (``trident_search.service.engine.Engine``, or a test double)."""
 
     def search(self, request: SearchRequest) -> SearchResponse: ...
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[SearchResponse]: ...
@@ -67,7 +67,7 @@ EngineLoader = Callable[[Settings], SearchEngine]
 
 def load_engine(settings: Settings) -> SearchEngine:
     """The production loader: the real engine over ``settings.index``."""
-    from service.engine import Engine  # heavy imports (Lucene, FAISS, ONNX) only when serving
+    from trident_search.service.engine import Engine  # heavy imports (Lucene, FAISS, ONNX) only when serving
 
     return Engine.load(
         settings.index,

@@ -13,8 +13,8 @@ from importlib.metadata import entry_points, version
 
 import typer
 
-from indexers.cli import index_app
-from service.commands import search, serve
+from trident_search.indexers.cli import index_app
+from trident_search.service.commands import search, serve
 
 app = typer.Typer(
     name="trident",

@@ -1,4 +1,4 @@
-"""``trident serve`` and ``trident search``: registered on the ``trident`` command by ``service.cli``.
+"""``trident serve`` and ``trident search``: registered on the ``trident`` command by ``trident_search.service.cli``.
 
 Heavy imports (uvicorn, Lucene, FAISS, encoders) happen inside the functions, so ``trident --help``
 stays fast.
@@ -34,8 +34,8 @@ def serve(
     import uvicorn
 
     if ray_address is not None:  # this process becomes the router of a sharded index (cluster/)
-        from cluster.serving import serve_sharded
-        from service.errors import TridentError
+        from trident_search.cluster.serving import serve_sharded
+        from trident_search.service.errors import TridentError
 
         try:
             serve_sharded(index, address=ray_address, host=host, port=port, workers=workers,
@@ -49,7 +49,7 @@ def serve(
     os.environ["TRIDENT_QUERY_BACKEND"] = query_backend
     if api_key:
         os.environ["TRIDENT_API_KEY"] = api_key
-    from service.config import Settings
+    from trident_search.service.config import Settings
 
     try:
         Settings()
@@ -59,7 +59,7 @@ def serve(
         log.error("no index at %s: the server starts, but /readyz and searches answer 503 until one is "
                   "built (`trident index build --corpus <BEIR folder> --out %s`)", index, index)
     level = os.environ.get("TRIDENT_LOG_LEVEL", "info")
-    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("trident_search.service.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=level, log_config=_log_config(level))
 
 
@@ -71,7 +71,7 @@ def _log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    for name in ("service", "indexers", "encoders", "cluster"):
+    for name in ("trident_search",):
         config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config
 
@@ -113,9 +113,9 @@ def search(
     from rich.console import Console
     from rich.table import Table
 
-    from service.engine import Engine
-    from service.errors import TridentError
-    from service.schemas import SearchRequest
+    from trident_search.service.engine import Engine
+    from trident_search.service.errors import TridentError
+    from trident_search.service.schemas import SearchRequest
 
     body: dict[str, Any] = {"query": query, "mode": mode, "k": k, "offset": offset, "explain": explain,
                             "filters": _parse_filters(filter_), "include_text": False}

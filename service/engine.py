@@ -2,7 +2,7 @@
 
 A query runs every retriever it asks for at the same time (a small thread pool; Lucene, FAISS,
 ONNX Runtime and the numba kernels release the GIL), so hybrid latency is close to that of the
-slowest retriever rather than their sum. Then it fuses (``service.fusion``), cuts the page and
+slowest retriever rather than their sum. Then it fuses (``trident_search.service.fusion``), cuts the page and
 fetches titles, text and metadata from the docstore.
 
 Semantics worth knowing:
@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from indexers.hits import Hit
-from service import fusion
-from service.errors import IndexLoadError, InvalidRequestError, NotFoundError
-from service.schemas import (
+from trident_search.indexers.hits import Hit
+from trident_search.service import fusion
+from trident_search.service.errors import IndexLoadError, InvalidRequestError, NotFoundError
+from trident_search.service.schemas import (
     DocumentResponse,
     FusionUsed,
     IndexInfo,
@@ -113,8 +113,8 @@ class Engine:
         subset (default: all the index has). Query encoders use ``query_backend`` (int8 ONNX Runtime
         by default: about 1-3 ms per query instead of ~16 ms with torch).
         """
-        from indexers.docstore import DocStore, DocStoreError
-        from indexers.manifest import ManifestError, Manifest
+        from trident_search.indexers.docstore import DocStore, DocStoreError
+        from trident_search.indexers.manifest import ManifestError, Manifest
 
         path = Path(index_dir)
         if not path.is_dir():
@@ -137,20 +137,20 @@ class Engine:
         parts: dict[str, Any] = {}
         try:
             if "bm25" in wanted:
-                from indexers.bm25 import BM25Index
+                from trident_search.indexers.bm25 import BM25Index
 
                 parts["bm25"] = BM25Index.load(path / "bm25")
             enc_common = dict(device="cpu", max_length=int(params.get("max_length", 256)), threads=1,
                               backend=query_backend)
             if "sparse" in wanted:
-                from encoders.sparse import SparseEncoder
-                from indexers.sparse import SparseIndex
+                from trident_search.encoders.sparse import SparseEncoder
+                from trident_search.indexers.sparse import SparseIndex
 
                 parts["sparse"] = SparseIndex.load(path / "sparse", mmap=True)
                 parts["sparse_encoder"] = SparseEncoder(manifest.models["sparse"]["name"], **enc_common)
             if "dense" in wanted:
-                from encoders.dense import DenseEncoder
-                from indexers.dense import DenseIndex
+                from trident_search.encoders.dense import DenseEncoder
+                from trident_search.indexers.dense import DenseIndex
 
                 parts["dense"] = DenseIndex.load(path / "dense")
                 parts["dense_encoder"] = DenseEncoder(manifest.models["dense"]["name"], **enc_common)
@@ -316,7 +316,7 @@ class Engine:
         return names
 
     def _mask(self, filters: dict[str, Any]) -> np.ndarray | None:
-        from indexers.docstore import FilterError
+        from trident_search.indexers.docstore import FilterError
 
         try:
             mask = self.docstore.matching(filters)
@@ -336,7 +336,7 @@ class Engine:
     def _fusion_for(self, request: SearchRequest, names: list[Retriever]) -> FusionUsed:
         """Request values first, then the manifest's tuned values for that method, then defaults.
 
-        The manifest entry (``eval.tuning.manifest_fusion``) looks like ``{"method": "rrf",
+        The manifest entry (``trident_search.eval.tuning.manifest_fusion``) looks like ``{"method": "rrf",
         "rrf": {"weights": {...}, "rrf_k": 20}, "interpolation": {"weights": {...},
         "normalization": "minmax"}}``.
         """

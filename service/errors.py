@@ -1,6 +1,6 @@
 """Domain exceptions of the service, each carrying the HTTP status and error code it maps to.
 
-The engine raises these without knowing about HTTP; ``service.app`` turns every one of them into
+The engine raises these without knowing about HTTP; ``trident_search.service.app`` turns every one of them into
 the same JSON envelope in a single handler, so a status code is decided in exactly one place.
 """
 from __future__ import annotations

@@ -39,7 +39,7 @@ from typing import TypeAlias
 
 import numpy as np
 
-from indexers.hits import Hit
+from trident_search.indexers.hits import Hit
 
 Run: TypeAlias = Sequence[Hit] | Mapping[str, float]
 Runs: TypeAlias = Mapping[str, Run] | Sequence[Run]

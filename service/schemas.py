@@ -2,7 +2,7 @@
 
 Structural rules (types, ranges that never change) live here so they show in the OpenAPI docs.
 Limits that an operator configures (``max_k``, ``max_depth``, ...) are checked by
-``service.app.check_limits`` against ``Settings`` and answered with the same 422 envelope.
+``trident_search.service.app.check_limits`` against ``Settings`` and answered with the same 422 envelope.
 """
 from __future__ import annotations
 

@@ -31,6 +31,6 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine(index_dir: Path):  # noqa: ANN201 - service.engine.Engine
+def engine(index_dir: Path):  # noqa: ANN201 - trident_search.service.engine.Engine
     """One loaded engine over ``index_dir`` for the whole session."""
     return shared_engine(index_dir)

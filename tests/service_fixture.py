@@ -20,7 +20,7 @@ _built: dict[Path, Path] = {}
 
 def retrievers() -> tuple[str, ...]:
     """Every retriever whose package is present (the sparse index may land after the others)."""
-    have_sparse = importlib.util.find_spec("indexers.sparse") is not None
+    have_sparse = importlib.util.find_spec("trident_search.indexers.sparse") is not None
     return ("bm25", "sparse", "dense") if have_sparse else ("bm25", "dense")
 
 
@@ -30,7 +30,7 @@ def metadata(i: int) -> dict[str, object]:
 
 def build_tiny_index(root: Path) -> Path:
     """Write the corpus and build the index under ``root`` (once per process)."""
-    from indexers.build import BuildConfig, build_index
+    from trident_search.indexers.build import BuildConfig, build_index
 
     with _lock:
         if root in _built:
@@ -49,9 +49,9 @@ def build_tiny_index(root: Path) -> Path:
 _engines: dict[Path, object] = {}
 
 
-def shared_engine(index_dir: Path):  # noqa: ANN201 - returns service.engine.Engine
+def shared_engine(index_dir: Path):  # noqa: ANN201 - returns trident_search.service.engine.Engine
     """One engine per index for the whole session (loading models and the JVM takes seconds)."""
-    from service.engine import Engine
+    from trident_search.service.engine import Engine
 
     with _lock:
         if index_dir not in _engines:

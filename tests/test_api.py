@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
+from trident_search.service.app import create_app
+from trident_search.service.config import Settings
 from service_fixture import metadata
 
 QUERY = "vitamin D deficiency and bone density"
@@ -374,7 +374,7 @@ def test_search_command_prints_a_table_and_json(index_dir: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from service.cli import app as cli
+    from trident_search.service.cli import app as cli
 
     runner = CliRunner()
     out = runner.invoke(cli, ["search", QUERY, "--index", str(index_dir), "-k", "3", "--mode", "bm25",

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from indexers import jvm
-from indexers.bm25 import (
+from trident_search.indexers import jvm
+from trident_search.indexers.bm25 import (
     MAX_QUERY_TERMS,
     PARAMS_FILE,
     BM25Index,
     IndexBuildError,
     IndexLoadError,
 )
-from indexers.corpus import Document, iter_corpus
+from trident_search.indexers.corpus import Document, iter_corpus
 
 MODES = ("flat", "multifield")
 
@@ -364,8 +364,8 @@ def test_build_without_java_fails_clearly(monkeypatch, tmp_path, docs):
 def test_load_without_java_fails_clearly_in_a_fresh_process(index_dirs, tmp_path):
     """No JVM yet, and the override points nowhere: a Python error, not a dead process."""
     code = (
-        "from indexers.bm25 import BM25Index\n"
-        "from indexers.jvm import JavaNotFoundError\n"
+        "from trident_search.indexers.bm25 import BM25Index\n"
+        "from trident_search.indexers.jvm import JavaNotFoundError\n"
         "try:\n"
         f"    BM25Index.load({str(index_dirs['flat'])!r})\n"
         "except JavaNotFoundError as exc:\n"

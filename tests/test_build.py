@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from indexers.checkpoint import ShardStore
-from indexers.build import BuildConfig, build_index, old_dir, recover, work_dir
-from indexers.cli import index_app
-from indexers.corpus import CorpusReport, iter_corpus
-from indexers.docstore import DocStore
-from indexers.manifest import MANIFEST, Manifest
+from trident_search.indexers.checkpoint import ShardStore
+from trident_search.indexers.build import BuildConfig, build_index, old_dir, recover, work_dir
+from trident_search.indexers.cli import index_app
+from trident_search.indexers.corpus import CorpusReport, iter_corpus
+from trident_search.indexers.docstore import DocStore
+from trident_search.indexers.manifest import MANIFEST, Manifest
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = BuildConfig(shard_size=8, batch_size=8, max_length=64, encoder_threads=1)
@@ -55,11 +55,11 @@ def _checksums(index: Path) -> dict[str, str]:
 
 
 def test_end_to_end_search_per_retriever(reference: Path, corpus: Path) -> None:
-    from encoders.dense import DenseEncoder
-    from encoders.sparse import SparseEncoder
-    from indexers.bm25 import BM25Index
-    from indexers.dense import DenseIndex
-    from indexers.sparse import SparseIndex
+    from trident_search.encoders.dense import DenseEncoder
+    from trident_search.encoders.sparse import SparseEncoder
+    from trident_search.indexers.bm25 import BM25Index
+    from trident_search.indexers.dense import DenseIndex
+    from trident_search.indexers.sparse import SparseIndex
 
     store = DocStore.open(reference / "docs.sqlite")
     target = store.get([QUERY_DOC])[0]
@@ -108,7 +108,7 @@ def test_kill_during_encoding_keeps_old_index_and_resume_is_identical(
     out = tmp_path / "index"
     shutil.copytree(reference, out)  # a previous good index at --out
     before = _checksums(out)
-    cmd = [sys.executable, "-m", "indexers", "build", "--corpus", str(corpus), "--out", str(out), *CLI_OPTIONS]
+    cmd = [sys.executable, "-m", "trident_search.indexers", "build", "--corpus", str(corpus), "--out", str(out), *CLI_OPTIONS]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shard = work_dir(out) / "checkpoints" / "sparse" / "000001.npz"
     deadline = time.monotonic() + 300

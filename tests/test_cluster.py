@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.build import build_sharded
-from cluster.layout import ShardedManifest, is_sharded, shard_of
-from cluster.local import LocalCluster, leftover_processes, local_cluster
-from cluster.serving import ShardedEngine, merge_runs
-from indexers.build import BuildConfig, build_index
-from service.engine import Engine
-from service.errors import InvalidRequestError, NotFoundError
-from service.schemas import SearchRequest, SearchResponse
+from trident_search.cluster.build import build_sharded
+from trident_search.cluster.layout import ShardedManifest, is_sharded, shard_of
+from trident_search.cluster.local import LocalCluster, leftover_processes, local_cluster
+from trident_search.cluster.serving import ShardedEngine, merge_runs
+from trident_search.indexers.build import BuildConfig, build_index
+from trident_search.service.engine import Engine
+from trident_search.service.errors import InvalidRequestError, NotFoundError
+from trident_search.service.schemas import SearchRequest, SearchResponse
 
 N_DOCS = 60
 N_SHARDS = 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexers.corpus import CorpusError, CorpusReport, iter_corpus
+from trident_search.indexers.corpus import CorpusError, CorpusReport, iter_corpus
 
 
 def write(path: Path, lines: list[str]) -> Path:

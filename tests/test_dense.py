@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexers.dense import DenseIndex, DenseIndexError, default_factory
+from trident_search.indexers.dense import DenseIndex, DenseIndexError, default_factory
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:

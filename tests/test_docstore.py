@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexers.corpus import Document
-from indexers.docstore import DocStore, DocStoreError, FilterError
+from trident_search.indexers.corpus import Document
+from trident_search.indexers.docstore import DocStore, DocStoreError, FilterError
 
 
 def _docs(n: int = 30) -> list[Document]:

@@ -13,9 +13,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from encoders import DenseEncoder, EncoderConfigError, EncoderError, ModelLoadError, SparseEncoder, document_text
-from encoders.models import DENSE_DEFAULT, SPARSE_DEFAULT, carried_model_dir, folder_revision, resolve_model
-from encoders.sparse import prune_top_k
+from trident_search.encoders import DenseEncoder, EncoderConfigError, EncoderError, ModelLoadError, SparseEncoder, document_text
+from trident_search.encoders.models import DENSE_DEFAULT, SPARSE_DEFAULT, carried_model_dir, folder_revision, resolve_model
+from trident_search.encoders.sparse import prune_top_k
 
 QUERIES = [
     "high blood pressure treatment",
@@ -335,7 +335,7 @@ def test_unwritable_onnx_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
 
 def _ndcg_at_10(qrels: dict[str, dict[str, int]], qids: list[str], doc_ids: list[str], scores: object) -> float:
     """nDCG@10 of exact search, from a (queries x docs) score matrix."""
-    from eval.metrics import evaluate
+    from trident_search.eval.metrics import evaluate
 
     dense_scores = scores.toarray() if sp.issparse(scores) else np.asarray(scores)
     run = {}
@@ -350,8 +350,8 @@ def test_demo_quality_onnx_queries_match_torch(
     demo_dir: Path, sparse: SparseEncoder, dense: DenseEncoder, sparse_onnx: SparseEncoder, dense_onnx: DenseEncoder
 ) -> None:
     """Exact search over the 500-doc scifact demo: int8 ONNX queries lose (almost) no nDCG@10 against torch."""
-    from eval.beir import BeirDataset
-    from indexers.corpus import iter_corpus
+    from trident_search.eval.beir import BeirDataset
+    from trident_search.indexers.corpus import iter_corpus
 
     data = BeirDataset.open(demo_dir)
     docs = list(iter_corpus(data.root))

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import fusion
-from service.engine import Engine
-from service.errors import IndexLoadError, InvalidRequestError, NotFoundError
-from service.schemas import SearchRequest
+from trident_search.service import fusion
+from trident_search.service.engine import Engine
+from trident_search.service.errors import IndexLoadError, InvalidRequestError, NotFoundError
+from trident_search.service.schemas import SearchRequest
 from service_fixture import metadata
 
 QUERY = "vitamin D deficiency and bone density"

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval import download
-from eval.beir import BeirDataset, DatasetError
-from eval.metrics import evaluate, evaluate_per_query
-from eval.report import RunFileError, read_trec_run, write_report, write_trec_run
-from eval.results import EvalResult, ModeResult, latency_summary, load_references
-from eval.tuning import (
+from trident_search.eval import download
+from trident_search.eval.beir import BeirDataset, DatasetError
+from trident_search.eval.metrics import evaluate, evaluate_per_query
+from trident_search.eval.report import RunFileError, read_trec_run, write_report, write_trec_run
+from trident_search.eval.results import EvalResult, ModeResult, latency_summary, load_references
+from trident_search.eval.tuning import (
     FusionSettings,
     TuningError,
     grid,
@@ -25,9 +25,9 @@ from eval.tuning import (
     weight_grid,
     write_manifest_fusion,
 )
-from indexers.hits import Hit
-from indexers.manifest import Manifest
-from service.fusion import fuse
+from trident_search.indexers.hits import Hit
+from trident_search.indexers.manifest import Manifest
+from trident_search.service.fusion import fuse
 
 
 def log2(x: float) -> float:
@@ -167,7 +167,7 @@ def test_tuning_picks_the_known_best_weight() -> None:
 
 
 def test_tuning_fuses_exactly_like_the_engine() -> None:
-    """The vectorised grid must score each point as service.fusion.fuse ranks it."""
+    """The vectorised grid must score each point as trident_search.service.fusion.fuse ranks it."""
     runs, qrels = _constructed_runs()
     points = [
         FusionSettings("rrf", {"good": 0.3, "noise": 0.7}, rrf_k=10.0),
@@ -338,7 +338,7 @@ def tiny_beir(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> tuple
 def test_eval_command_end_to_end(tiny_beir: tuple[Path, Path], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from eval.cli import eval_app
+    from trident_search.eval.cli import eval_app
     from service_fixture import retrievers
 
     ds, index = tiny_beir
@@ -370,7 +370,7 @@ def test_eval_command_end_to_end(tiny_beir: tuple[Path, Path], tmp_path: Path) -
 def test_eval_command_errors_are_clear(tiny_beir: tuple[Path, Path], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from eval.cli import eval_app
+    from trident_search.eval.cli import eval_app
 
     ds, index = tiny_beir
     runner = CliRunner()

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from indexers.hits import Hit
-from service.fusion import (
+from trident_search.indexers.hits import Hit
+from trident_search.service.fusion import (
     FusionError,
     fuse,
     interpolate,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from indexers.sparse import FORMAT_VERSION, SparseFormatError, SparseIndex, SparseIndexError, SparseParams
+from trident_search.indexers.sparse import FORMAT_VERSION, SparseFormatError, SparseIndex, SparseIndexError, SparseParams
 
 VOCAB = 3000
 
