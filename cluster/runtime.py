@@ -13,6 +13,8 @@ import os
 from types import ModuleType
 from typing import Any
 
+from trident_search.errors import TridentError
+
 log = logging.getLogger(__name__)
 
 WORKER_ENV = {
@@ -24,7 +26,7 @@ WORKER_ENV = {
 }
 
 
-class RayUnavailableError(RuntimeError):
+class RayUnavailableError(TridentError, RuntimeError):
     """Ray is not installed, or the cluster at the given address cannot be reached."""
 
 

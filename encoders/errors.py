@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from trident_search.errors import TridentError
 
-class EncoderError(Exception):
+
+class EncoderError(TridentError):
     """Base class for every error raised by `encoders`."""
 
 

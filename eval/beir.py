@@ -6,12 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from trident_search.errors import TridentError
 from trident_search.indexers.corpus import corpus_file
 
 Qrels = dict[str, dict[str, int]]
 
 
-class DatasetError(ValueError):
+class DatasetError(TridentError, ValueError):
     """A BEIR folder that is missing a file or holds a malformed one."""
 
 

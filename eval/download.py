@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from trident_search.errors import TridentError
+
 log = logging.getLogger(__name__)
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -45,7 +47,7 @@ BEIR_MD5: dict[str, str] = {
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(TridentError, RuntimeError):
     """A dataset that could not be fetched or verified; the message says what to do instead."""
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from trident_search.errors import TridentError
 from trident_search.eval.results import EvalResult, Run
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ("ndcg@10", "recall@100", "map@100", "mrr@10")
 
 
-class RunFileError(ValueError):
+class RunFileError(TridentError, ValueError):
     """A TREC run file line that is not ``qid Q0 docid rank score tag``."""
 
 

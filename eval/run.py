@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trident_search.errors import TridentError
 from trident_search.eval.metrics import evaluate
 from trident_search.eval.results import ModeResult, Run, latency_summary
 from trident_search.eval.tuning import RetrieverRuns, TuningResult, manifest_fusion, tune, write_manifest_fusion
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 EQUAL_WEIGHT = 1.0
 
 
-class EvalError(ValueError):
+class EvalError(TridentError, ValueError):
     """An evaluation that cannot run as asked (unknown mode, missing retriever, bad split)."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from trident_search.errors import TridentError
 from trident_search.eval.metrics import evaluate
 from trident_search.indexers.hits import Hit
 from trident_search.indexers.manifest import Manifest, ManifestError
@@ -29,7 +30,7 @@ DEFAULT_RRF_KS = (5.0, 10.0, 20.0, 40.0, 60.0, 100.0)
 DEFAULT_NORMALIZATIONS = ("minmax", "zscore")
 
 
-class TuningError(ValueError):
+class TuningError(TridentError, ValueError):
     """Tuning asked for something unsafe (tuning on test) or impossible (no runs)."""
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from trident_search.errors import TridentError
 from trident_search.indexers.checkpoint import ShardStore, fsync_dir, write_atomic
 from trident_search.indexers.corpus import CorpusReport, Document, corpus_file, iter_corpus
 from trident_search.indexers.dense import DenseIndex, default_factory
@@ -51,7 +52,7 @@ CHECKPOINTS = "checkpoints"
 DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "demo" / "scifact-demo"
 
 
-class BuildError(RuntimeError):
+class BuildError(TridentError, RuntimeError):
     """A build that cannot start or continue; the message says what to change."""
 
 

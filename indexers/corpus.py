@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from trident_search.errors import TridentError
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-class CorpusError(ValueError):
+class CorpusError(TridentError, ValueError):
     """A corpus record that cannot be indexed; carries the file and 1-based line."""
 
     def __init__(self, path: Path, line: int, reason: str) -> None:

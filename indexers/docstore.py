@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from trident_search.errors import TridentError
 from trident_search.indexers.corpus import Document
 
 _SCHEMA = """
@@ -36,7 +37,7 @@ _SQL_VARS = 500  # stay well under SQLite's bound-parameter limit
 Scalar = str | int | float | bool
 
 
-class DocStoreError(ValueError):
+class DocStoreError(TridentError, ValueError):
     """A docstore that cannot be opened, or a lookup or filter it cannot answer."""
 
 

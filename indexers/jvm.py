@@ -26,6 +26,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from trident_search.errors import TridentError
+
 log = logging.getLogger(__name__)
 
 JAVA_HOME_ENV = "TRIDENT_JAVA_HOME"
@@ -38,7 +40,7 @@ _lock = threading.Lock()
 _started = False
 
 
-class JavaNotFoundError(RuntimeError):
+class JavaNotFoundError(TridentError, RuntimeError):
     """No usable Java 21+ runtime; the message says where we looked and how to fix it."""
 
 

@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from trident_search.errors import IndexLoadError
 from trident_search.indexers.checkpoint import write_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(IndexLoadError, ValueError):
     """A missing, unreadable, incompatible or mismatching manifest."""
 
 

@@ -39,6 +39,7 @@ from typing import TypeAlias
 
 import numpy as np
 
+from trident_search.errors import TridentError
 from trident_search.indexers.hits import Hit
 
 Run: TypeAlias = Sequence[Hit] | Mapping[str, float]
@@ -48,7 +49,7 @@ Weights: TypeAlias = Mapping[str, float] | Sequence[float] | None
 DEFAULT_RRF_K = 60.0
 
 
-class FusionError(ValueError):
+class FusionError(TridentError, ValueError):
     """Fusion inputs that do not fit together (weights, parameters, unknown names)."""
 
 

@@ -5,8 +5,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from trident_search.errors import TridentError
 
-class SparseIndexError(ValueError):
+
+class SparseIndexError(TridentError, ValueError):
     """A sparse index that cannot be built, loaded or searched as asked."""
 
 

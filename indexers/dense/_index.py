@@ -22,6 +22,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from trident_search.errors import TridentError
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
@@ -32,7 +34,7 @@ FLAT_MAX_DOCS = 200_000
 EXACT_FILTER_MAX = 4096
 
 
-class DenseIndexError(ValueError):
+class DenseIndexError(TridentError, ValueError):
     """A dense index that cannot be built, loaded or searched as asked."""
 
 

@@ -49,6 +49,7 @@ from typing import IO, Any
 import numpy as np
 from numba import njit
 
+from trident_search.errors import IndexLoadError, TridentError
 from trident_search.indexers import jvm
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.hits import Hit
@@ -72,12 +73,8 @@ _SHARD_BLOCK = 1000  # documents written to one shard before moving to the next
 _MARGIN = 16  # hits fetched beyond k so a score tie at rank k is usually seen whole (else doubled)
 
 
-class IndexBuildError(RuntimeError):
+class IndexBuildError(TridentError, RuntimeError):
     """The Lucene indexer failed or indexed fewer documents than it was given."""
-
-
-class IndexLoadError(RuntimeError):
-    """A BM25 index directory is missing, incomplete or unreadable; rebuild it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,114 @@
+"""Dense retrieval as a :class:`~trident_search.indexers.retriever.Retriever`."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from trident_search.indexers.corpus import Document
+from trident_search.indexers.dense._index import DenseIndex, default_factory
+from trident_search.indexers.manifest import Manifest
+from trident_search.indexers.retriever import (
+    BuildContext,
+    DocumentEncoder,
+    Part,
+    QueryEncoder,
+    Results,
+    Retriever,
+    RetrieverOptions,
+)
+
+
+class DenseOptions(RetrieverOptions):
+    ef_search: int | None = Field(
+        None, ge=1, le=100_000, description="Dense HNSW only: candidates kept while walking the graph "
+        "(default from the index). Higher is more exact and slower; other index types ignore it."
+    )
+    nprobe: int | None = Field(
+        None, ge=1, le=65_536, description="Dense IVF only: inverted lists visited per query (default "
+        "from the index). Higher is more exact and slower; other index types ignore it."
+    )
+
+
+class DenseQueryEncoder(QueryEncoder):
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.description = f"{encoder.name} ({getattr(encoder, 'backend', 'torch')})"
+
+    def encode(self, query: str) -> np.ndarray:
+        return self.encoder.encode_queries([query])
+
+
+class DenseDocumentEncoder(DocumentEncoder):
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+
+    def encode(self, docs: Sequence[Document]) -> np.ndarray:
+        from trident_search.encoders.text import document_text
+
+        return self.encoder.encode_documents([document_text(d.title, d.text) for d in docs])
+
+    def model_info(self) -> dict[str, Any]:
+        return {"name": self.encoder.name, "revision": self.encoder.revision, "dim": self.encoder.dim}
+
+
+class DensePart(Part):
+    def __init__(self, index: DenseIndex) -> None:
+        self.index = index
+
+    def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
+               options: RetrieverOptions) -> Results:
+        ids, scores = self.index.search(query, depth, allowed=allowed, **options.knobs())
+        keep = ids[0] >= 0
+        return Results(ids[0][keep], scores[0][keep])
+
+
+class DenseRetriever(Retriever):
+    """A sentence-transformers encoder (all-MiniLM-L6-v2 offline by default) over FAISS inner product."""
+
+    name = "dense"
+    options = DenseOptions
+    description = "dense embeddings in FAISS"
+
+    def document_encoder(self, ctx: BuildContext) -> DocumentEncoder:
+        from trident_search.encoders.dense import DenseEncoder
+
+        return DenseDocumentEncoder(DenseEncoder(
+            ctx.params.get("model"), device=ctx.device, max_length=ctx.max_length,
+            batch_size=ctx.batch_size, threads=ctx.threads,
+        ))
+
+    def write(self, out: Path, ctx: BuildContext, *, docs: Callable[[], Iterator[Document]],
+              chunks: Callable[[], Iterator[Any]] | None) -> dict[str, Any]:
+        assert chunks is not None, "the dense build needs its encodings"
+        factory = ctx.params.get("factory") or default_factory(ctx.n_docs)
+        blocks = iter(chunks())
+        first = next(blocks)
+        # One thread: HNSW insertion order, hence the graph, is then reproducible.
+        index = DenseIndex.build(
+            _chain(first, blocks), int(first.shape[1]), factory,
+            ef_construction=ctx.params.get("ef_construction"), threads=1 if "HNSW" in factory else None,
+        )
+        if len(index) != ctx.n_docs:
+            raise ValueError(f"dense index holds {len(index)} vectors for {ctx.n_docs} documents")
+        index.save(out)
+        return {"factory": factory, "ef_construction": ctx.params.get("ef_construction")}
+
+    def query_encoder(self, manifest: Manifest, *, backend: str) -> QueryEncoder:
+        from trident_search.encoders.dense import DenseEncoder
+
+        return DenseQueryEncoder(DenseEncoder(
+            manifest.models["dense"]["name"], device="cpu", threads=1, backend=backend,
+            max_length=int(manifest.params.get("max_length", 256)),
+        ))
+
+    def open(self, path: Path, manifest: Manifest, *, external_ids: np.ndarray) -> Part:
+        return DensePart(DenseIndex.load(path))
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest

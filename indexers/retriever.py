@@ -1,0 +1,256 @@
+"""The retriever contract, and the registry every other part of Trident reads its retrievers from.
+
+A retriever is one class implementing :class:`Retriever`: it builds its part of an index directory
+from the document stream (with checkpointed encodings), opens that part, encodes a query and
+searches with an ``allowed`` mask and its own per-request options, always answering in one shape,
+:class:`Results` (internal ids and scores, best first). The engine, the build job, the request schema,
+the eval modes and the sharded build and servers all take their list of retrievers, and each
+retriever's options, from :func:`registered`: adding a retriever is one class and one
+:func:`register` call (or a ``trident.retrievers`` entry point), nothing else.
+
+Internal ids are positions in the validated corpus stream; the docstore, every retriever and the
+engine agree on them by construction (``docs/architecture.md``).
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from trident_search.errors import TridentError
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+    from trident_search.indexers.corpus import Document
+    from trident_search.indexers.manifest import Manifest
+
+Chunk: TypeAlias = "np.ndarray | sp.csr_matrix"
+"""One checkpoint's encodings: a dense ``(n, dim)`` array or an ``(n, vocab)`` CSR matrix, row i for
+the i-th document of the checkpoint."""
+
+
+class RetrieverOptions(BaseModel):
+    """Per-request options every retriever takes; a retriever subclasses it to add its own knobs.
+
+    The subclass's extra fields are the retriever's index knobs: they reach :meth:`Part.search` as
+    ``options`` and are listed, with their bounds, in the OpenAPI schema and the GET parameters.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    depth: int | None = Field(
+        None, ge=1, description="Hits this retriever returns before fusion (default 100, at least offset + k)."
+    )
+    weight: float | None = Field(
+        None, ge=0, le=1e6, allow_inf_nan=False,
+        description="Fusion weight; default from the index manifest (tuned), else 1.0.",
+    )
+
+    @classmethod
+    def knob_names(cls) -> list[str]:
+        """The retriever's own knobs: every field beyond ``depth`` and ``weight``."""
+        return [n for n in cls.model_fields if n not in RetrieverOptions.model_fields]
+
+    def knobs(self) -> dict[str, Any]:
+        """The knobs this request set, as keyword arguments."""
+        return {n: getattr(self, n) for n in self.knob_names() if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """One query's hits from one retriever: internal ids (int64) and scores (float32), best first.
+
+    Ties are ordered by the retriever's own rule; the engine re-sorts by (score, external id) when it
+    fuses. ``warning`` is shown to the user (for example "query cut to 512 terms").
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    warning: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ids.shape != self.scores.shape or self.ids.ndim != 1:
+            raise ValueError(f"Results needs two 1-D arrays of one length, got {self.ids.shape} and {self.scores.shape}")
+
+    @classmethod
+    def empty(cls) -> Results:
+        return cls(np.empty(0, np.int64), np.empty(0, np.float32))
+
+
+class QueryEncoder(ABC):
+    """Turns query text into what :meth:`Part.search` takes (a vector, a term list, the text itself).
+
+    Built once per server from the manifest (:meth:`Retriever.query_encoder`); the sharded router
+    encodes each query once and sends the encoding to every shard.
+    """
+
+    description: str = ""
+    """Shown by ``GET /v1/index``: the model and backend."""
+
+    @abstractmethod
+    def encode(self, query: str) -> Any: ...
+
+    def close(self) -> None:  # noqa: B027 - most encoders hold nothing to release
+        """Release what the encoder holds."""
+
+
+class IdentityQueryEncoder(QueryEncoder):
+    """For retrievers that analyse text themselves (BM25)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def encode(self, query: str) -> str:
+        return query
+
+
+class Part(ABC):
+    """One retriever's opened part of an index directory. Thread-safe: searched from many threads."""
+
+    @abstractmethod
+    def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
+               options: RetrieverOptions) -> Results:
+        """The top ``depth`` documents among ``allowed`` (a bool mask over internal ids, None = all)."""
+
+    def close(self) -> None:  # noqa: B027 - parts over mmapped arrays hold nothing to release
+        """Release files, threads or JVM objects."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What the build job hands a retriever. ``params`` are this retriever's build parameters."""
+
+    params: dict[str, Any]
+    device: str
+    batch_size: int
+    max_length: int
+    threads: int | None
+    n_docs: int
+
+
+class DocumentEncoder(ABC):
+    """Encodes documents for a retriever whose build needs a model; the build job checkpoints chunks."""
+
+    @abstractmethod
+    def encode(self, docs: Sequence[Document]) -> Chunk:
+        """One chunk (see :data:`Chunk`) with one row per document, in order."""
+
+    @abstractmethod
+    def model_info(self) -> dict[str, Any]:
+        """What the manifest records for the model: ``name``, ``revision`` and its shape facts."""
+
+
+class Retriever(ABC):
+    """A kind of retriever: how to build, open and query its part of an index directory.
+
+    The part lives in ``<index>/<name>/``. Its build parameters and model info are recorded in the
+    manifest under ``params[name]`` and ``models[name]``.
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[type[RetrieverOptions]] = RetrieverOptions
+    description: ClassVar[str] = ""
+
+    # -- build --------------------------------------------------------------------------------
+    def document_encoder(self, ctx: BuildContext) -> DocumentEncoder | None:
+        """The model that encodes documents before :meth:`write`, or None (text-only retrievers)."""
+        return None
+
+    @abstractmethod
+    def write(self, out: Path, ctx: BuildContext, *, docs: Callable[[], Iterator[Document]],
+              chunks: Callable[[], Iterator[Chunk]] | None) -> dict[str, Any]:
+        """Write the part into the empty folder ``out`` and return the parameters to record.
+
+        ``docs`` streams the corpus again on each call; ``chunks`` streams the checkpointed encodings
+        (in corpus order) when :meth:`document_encoder` gave an encoder, else it is None.
+        """
+
+    # -- serve --------------------------------------------------------------------------------
+    @abstractmethod
+    def query_encoder(self, manifest: Manifest, *, backend: str) -> QueryEncoder:
+        """The query encoder that matches the index (the model recorded in the manifest)."""
+
+    @abstractmethod
+    def open(self, path: Path, manifest: Manifest, *, external_ids: np.ndarray) -> Part:
+        """Open the part at ``path``; ``external_ids[i]`` is internal id i's corpus ``_id``."""
+
+
+# -- the registry --------------------------------------------------------------------------------
+_BUILTIN = {
+    "bm25": "trident_search.indexers.bm25.retriever:BM25Retriever",
+    "sparse": "trident_search.indexers.sparse.retriever:SparseRetriever",
+    "dense": "trident_search.indexers.dense.retriever:DenseRetriever",
+}
+_registry: dict[str, Retriever] = {}
+_lock = threading.Lock()
+_loaded = False
+
+
+class RegistryError(TridentError, ValueError):
+    """A retriever registered twice, under a bad name, or asked for but unknown."""
+
+
+def _load(target: str) -> Retriever:
+    module, _, attr = target.partition(":")
+    cls = getattr(import_module(module), attr)
+    return cls() if isinstance(cls, type) else cls
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        for name, target in _BUILTIN.items():
+            _registry.setdefault(name, _load(target))
+        for ep in entry_points(group="trident.retrievers"):
+            _registry.setdefault(ep.name, _load(ep.value))
+        _loaded = True
+
+
+def register(retriever: Retriever) -> Retriever:
+    """Add a retriever (an instance) under ``retriever.name``; returns it, so it works as a decorator target."""
+    _ensure_loaded()
+    name = getattr(retriever, "name", "")
+    if not name.isidentifier() or name in {"hybrid", "fusion", "query"}:
+        raise RegistryError(f"retriever name {name!r} must be an identifier other than hybrid/fusion/query")
+    with _lock:
+        if name in _registry and _registry[name] is not retriever:
+            raise RegistryError(f"a retriever named {name!r} is already registered")
+        _registry[name] = retriever
+    return retriever
+
+
+def unregister(name: str) -> None:
+    """Remove a registered retriever (tests register toys and remove them afterwards)."""
+    _ensure_loaded()
+    with _lock:
+        _registry.pop(name, None)
+
+
+def registered() -> dict[str, Retriever]:
+    """Every registered retriever by name, built-ins first, in registration order."""
+    _ensure_loaded()
+    with _lock:
+        return dict(_registry)
+
+
+def get(name: str) -> Retriever:
+    """One registered retriever; the error lists the known names."""
+    found = registered().get(name)
+    if found is None:
+        raise RegistryError(f"unknown retriever {name!r}; known: {', '.join(registered())}")
+    return found
+
+
+def names() -> list[str]:
+    return list(registered())

@@ -1,0 +1,122 @@
+"""The learned-sparse index as a :class:`~trident_search.indexers.retriever.Retriever`."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from trident_search.indexers.corpus import Document
+from trident_search.indexers.manifest import Manifest
+from trident_search.indexers.retriever import (
+    BuildContext,
+    DocumentEncoder,
+    Part,
+    QueryEncoder,
+    Results,
+    Retriever,
+    RetrieverOptions,
+)
+from trident_search.indexers.sparse._index import SparseIndex
+from trident_search.indexers.sparse._params import SparseIndexError, SparseParams
+
+
+class SparseOptions(RetrieverOptions):
+    exact: bool = Field(
+        False, description="Score every document exactly (brute force) instead of the approximate "
+        "block-pruned search; the ground truth for its recall, and slower."
+    )
+    query_cut: int | None = Field(
+        None, ge=1, le=4096, description="Traverse the lists of just this many heaviest query terms "
+        "(default from the index). Higher is more exact and slower."
+    )
+    heap_factor: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description="Skip a block whose upper bound is below "
+        "heap_factor x the k-th best score so far (default from the index); 0 skips nothing, 1 the most."
+    )
+
+
+def index_params(params: dict[str, Any]) -> SparseParams:
+    """``SparseParams`` from a dict; unknown names are an error listing the valid ones."""
+    valid = [f.name for f in fields(SparseParams)]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise SparseIndexError(f"unknown sparse parameters {unknown}; valid: {', '.join(valid)}")
+    try:
+        return SparseParams(**params)
+    except TypeError as exc:
+        raise SparseIndexError(str(exc)) from None
+
+
+class SparseQueryEncoder(QueryEncoder):
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.description = f"{encoder.name} ({getattr(encoder, 'backend', 'torch')})"
+
+    def encode(self, query: str) -> sp.csr_matrix:
+        return self.encoder.encode_queries([query])
+
+
+class SparseDocumentEncoder(DocumentEncoder):
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+
+    def encode(self, docs: Sequence[Document]) -> sp.csr_matrix:
+        from trident_search.encoders.text import document_text
+
+        return self.encoder.encode_documents([document_text(d.title, d.text) for d in docs])
+
+    def model_info(self) -> dict[str, Any]:
+        enc = self.encoder
+        return {"name": enc.name, "revision": enc.revision, "vocab_size": enc.vocab_size}
+
+
+class SparsePart(Part):
+    def __init__(self, index: SparseIndex) -> None:
+        self.index = index
+
+    def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
+               options: RetrieverOptions) -> Results:
+        ids, scores = self.index.search(query, depth, allowed=allowed, **options.knobs())
+        return Results(np.asarray(ids, np.int64), np.asarray(scores, np.float32))
+
+
+class SparseRetriever(Retriever):
+    """SPLADE (SPLADE-tiny offline by default) into a Seismic-like index with block summaries."""
+
+    name = "sparse"
+    options = SparseOptions
+    description = "learned sparse (SPLADE) with Seismic-style block summaries"
+
+    def document_encoder(self, ctx: BuildContext) -> DocumentEncoder:
+        from trident_search.encoders.sparse import SparseEncoder
+
+        return SparseDocumentEncoder(SparseEncoder(
+            ctx.params.get("model"), doc_top_k=ctx.params.get("doc_top_k"), device=ctx.device,
+            max_length=ctx.max_length, batch_size=ctx.batch_size, threads=ctx.threads,
+        ))
+
+    def write(self, out: Path, ctx: BuildContext, *, docs: Callable[[], Iterator[Document]],
+              chunks: Callable[[], Iterator[Any]] | None) -> dict[str, Any]:
+        assert chunks is not None, "the sparse build needs its encodings"
+        params = index_params(ctx.params.get("index", {}))
+        matrix = sp.vstack(list(chunks()), format="csr")
+        if matrix.shape[0] != ctx.n_docs:
+            raise ValueError(f"sparse encodings hold {matrix.shape[0]} rows for {ctx.n_docs} documents")
+        SparseIndex.build(matrix, params).save(out)
+        return {"index": asdict(params), "doc_top_k": ctx.params.get("doc_top_k")}
+
+    def query_encoder(self, manifest: Manifest, *, backend: str) -> QueryEncoder:
+        from trident_search.encoders.sparse import SparseEncoder
+
+        return SparseQueryEncoder(SparseEncoder(
+            manifest.models["sparse"]["name"], device="cpu", threads=1, backend=backend,
+            max_length=int(manifest.params.get("max_length", 256)),
+        ))
+
+    def open(self, path: Path, manifest: Manifest, *, external_ids: np.ndarray) -> Part:
+        return SparsePart(SparseIndex.load(path, mmap=True))
