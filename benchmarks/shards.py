@@ -62,10 +62,10 @@ def _latencies(search: Callable[[str], object], queries: list[str], warmup: int 
 def speed(args: argparse.Namespace) -> None:
     from trident_search.cluster.build import build_sharded
     from trident_search.cluster.runtime import connect
-    from trident_search.cluster.serving import ShardedEngine
+    from trident_search.cluster.serving import connect_sharded
     from trident_search.indexers.build import BuildConfig, build_index
-    from trident_search.service.engine import Engine
-    from trident_search.service.schemas import SearchRequest
+    from trident_search.core.engine import Engine
+    from trident_search.core.schemas import SearchRequest
 
     retrievers = tuple(args.retrievers.split(","))
     mode = retrievers[0] if len(retrievers) == 1 else "hybrid"
@@ -94,7 +94,7 @@ def speed(args: argparse.Namespace) -> None:
             sm = build_sharded(corpus, tmp / f"sharded-{n}", config, shards=n, address="local",
                                encode_workers=args.encode_workers)
             build_s = time.perf_counter() - t0
-            sharded = ShardedEngine.connect(tmp / f"sharded-{n}", address="local", deadline_s=10.0, threads=2)
+            sharded = connect_sharded(tmp / f"sharded-{n}", address="local", deadline_s=10.0, threads=2)
             lat = _latencies(lambda q: sharded.search(request(q)), queries)
             partial = sum(sharded.search(request(q)).partial for q in queries[:20])
             sharded.close()
@@ -121,12 +121,12 @@ def speed(args: argparse.Namespace) -> None:
 def quality(args: argparse.Namespace) -> None:
     from trident_search.cluster.build import build_sharded
     from trident_search.cluster.runtime import connect
-    from trident_search.cluster.serving import ShardedEngine
+    from trident_search.cluster.serving import connect_sharded
     from trident_search.eval.beir import BeirDataset
     from trident_search.eval.metrics import evaluate
     from trident_search.indexers.build import BuildConfig, build_index
-    from trident_search.service.engine import Engine
-    from trident_search.service.schemas import SearchRequest
+    from trident_search.core.engine import Engine
+    from trident_search.core.schemas import SearchRequest
 
     data = BeirDataset.open(args.dataset)
     queries = data.queries("test")
@@ -150,7 +150,7 @@ def quality(args: argparse.Namespace) -> None:
         connect("local", num_cpus=args.cpus)
         for n in args.shards:
             build_sharded(data.corpus, tmp / f"s{n}", config, shards=n, address="local")
-            engine = ShardedEngine.connect(tmp / f"s{n}", address="local", deadline_s=30.0)
+            engine = connect_sharded(tmp / f"s{n}", address="local", deadline_s=30.0)
             sharded_run = run(engine)
             engine.close()
             overlap = np.mean([

@@ -1,17 +1,18 @@
 """Scatter-gather serving of a sharded index: shard actors, and a router that fuses globally.
 
 Every shard is held by ``replicas`` Ray actors (:class:`ShardServer`), each a plain single-node
-:class:`trident_search.service.engine.Engine` over its shard directory, created with ``max_restarts=-1`` and spread
+:class:`trident_search.core.local.LocalIndex` over its shard directory, created with ``max_restarts=-1`` and spread
 over the nodes. The router is the serving process itself (FastAPI/uvicorn as the Ray driver: about
 3 ms of fan-out per query here, where Ray Serve's HTTP ingress cost 10-25 ms).
 
 The router encodes the query once (int8 ONNX query encoders, loaded here) and sends the vectors
 with it to one replica of every shard. Each shard returns, per retriever, its own top
 ``depth`` hits with *raw* scores (filters applied inside the shard). The router merges each
-retriever's lists into the global top ``depth`` and then runs exactly the single-node path:
-``Engine.search`` with its depth rules, fusion defaults and ``trident_search.service.fusion`` (fusion and
-normalisation must see the merged lists, never per-shard ones). The page is then fetched from the
-shards that own its documents.
+retriever's lists into the global top ``depth``. The router is an ordinary
+:class:`~trident_search.core.engine.Engine` composed with :class:`ShardedBackend` as its retrieval
+backend and document source, so depth rules, fusion defaults and fusion are the single-node code
+(fusion and normalisation see the merged lists, never per-shard ones). The page is then fetched
+from the shards that own its documents.
 
 **Deadlines.** Every request has one (``deadline_s``). A replica that fails fast (actor being
 restarted) is replaced by another replica of the same shard while time remains; a shard with no
@@ -25,24 +26,19 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trident_search.cluster.layout import ShardedManifest, shard_of
+from trident_search.core.engine import DEFAULT_DEPTH, Engine
+from trident_search.core.local import LocalIndex, Retrieved, RetrieverCall, RetrieverRun, ms_since
+from trident_search.core.tuned import TunedFusion
+from trident_search.errors import IndexLoadError, NotReadyError, TridentError
+from trident_search.indexers.docstore import StoredDoc
 from trident_search.indexers.hits import Hit
-from trident_search.service.engine import DEFAULT_DEPTH, Engine, RetrieverRun
-from trident_search.service.errors import IndexLoadError, NotFoundError, NotReadyError, TridentError
-from trident_search.service.schemas import (
-    DocumentResponse,
-    IndexInfo,
-    Retriever,
-    RetrieverExplanation,
-    SearchHit,
-    SearchRequest,
-    SearchResponse,
-)
+from trident_search.indexers.retriever import QueryEncoder, get
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +50,16 @@ WireRun = tuple[list[str], list[float], dict[str, float], str | None]
 
 
 class ShardServer:
-    """A Ray actor holding one shard as an ordinary single-node engine."""
+    """A Ray actor holding one shard as an ordinary single-node :class:`LocalIndex`."""
 
     def __init__(self, shard_dir: str, query_backend: str = "onnx", threads: int = 3) -> None:
-        self.engine = Engine.load(shard_dir, query_backend=query_backend, threads=threads)
+        self.index = LocalIndex.open(shard_dir, query_backend=query_backend, threads=threads)
         # Compile and page in every query path now: a shard that reports ready meets its deadlines.
-        depths = {r: 10 for r in self.engine.retrievers}
-        for exact in (False, True):
-            self.engine.retrieve("warm up", self.engine.retrievers, depths, exact=exact)
+        for name in self.index.retrievers:
+            options = get(name).options
+            variants = [options()] + ([options(exact=True)] if "exact" in options.model_fields else [])
+            for opts in variants:
+                self.index.retrieve("warm up", {name: RetrieverCall(10, opts)}, {})
 
     def ping(self) -> dict[str, Any]:
         import os
@@ -69,32 +67,22 @@ class ShardServer:
         import ray
 
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-                "doc_count": self.engine.manifest.doc_count}
+                "doc_count": self.index.manifest.doc_count}
 
-    def retrieve(
-        self,
-        query: str,
-        names: list[Retriever],
-        depths: dict[Retriever, int],
-        filters: dict[str, Any] | None,
-        exact: bool,
-        vectors: dict[Retriever, Any],
-        tuning: dict[Retriever, dict[str, Any]] | None = None,
-    ) -> dict[Retriever, WireRun]:
-        allowed = self.engine._mask(filters) if filters else None
-        runs = self.engine.retrieve(query, names, depths, allowed, exact=exact, vectors=vectors, tuning=tuning)
+    def retrieve(self, query: str, calls: dict[str, RetrieverCall], filters: dict[str, Any],
+                 vectors: dict[str, Any]) -> dict[str, WireRun]:
+        got = self.index.retrieve(query, calls, filters, vectors=vectors)
         return {
-            r: ([h.docid for h in run.hits], [h.score for h in run.hits], run.timings, run.warning)
-            for r, run in runs.items()
+            r: ([h.docid for h in run.hits], [h.score for h in run.hits],
+                {**run.timings, **got.timings}, run.warning)
+            for r, run in got.runs.items()
         }
 
-    def fetch(self, docids: list[str]) -> list[tuple[str, str, str, dict[str, Any]]]:
-        store = self.engine.docstore
-        return [(d.id, d.title, d.text, d.metadata) for d in store.get(store.internal_ids(docids))]
+    def fetch(self, docids: list[str]) -> list[StoredDoc]:
+        return self.index.fetch(docids)
 
-    def document(self, doc_id: str) -> tuple[str, str, str, dict[str, Any]] | None:
-        doc = self.engine.docstore.get_by_external(doc_id)
-        return None if doc is None else (doc.id, doc.title, doc.text, doc.metadata)
+    def document(self, doc_id: str) -> StoredDoc | None:
+        return self.index.document(doc_id)
 
 
 @dataclass
@@ -220,186 +208,120 @@ class ShardSet:
                 self.ray.kill(r.handle, no_restart=True)
 
 
-class ShardedEngine(Engine):
-    """``Engine``'s search path over shards held by Ray actors (see the module docstring).
+class ShardedBackend:
+    """Retrieval backend and document source of an :class:`Engine` over shards held by Ray actors.
 
-    Query-time semantics are the single-node ones: this class replaces only where runs come from
-    (:meth:`retrieve`: scatter-gather, with filters applied inside the shards), where documents come
-    from (:meth:`_hydrate`) and what a response says about missing shards.
+    The router encodes each query once, scatters it with the filters to every shard, and merges
+    each retriever's lists by raw score. Shards that do not answer by the request's deadline are
+    named in ``Retrieved.missing_shards`` (a later document fetch that misses a shard is added there
+    too, so the response's ``partial`` covers both).
     """
 
-    def __init__(
-        self,
-        path: Path,
-        manifest: ShardedManifest,
-        shards: ShardSet,
-        retrievers: list[Retriever],
-        encoders: dict[Retriever, Any],
-        *,
-        deadline_s: float = DEFAULT_DEADLINE_S,
-        default_depth: int = DEFAULT_DEPTH,
-    ) -> None:
-        # Engine.__init__ opens a local docstore and retrievers; a router holds none of them.
+    def __init__(self, path: Path, manifest: ShardedManifest, shards: ShardSet, retrievers: list[str],
+                 encoders: dict[str, QueryEncoder], *, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.path = path
         self.manifest = manifest
         self.shards = shards
         self.retrievers = retrievers
         self.encoders = encoders
         self.deadline_s = deadline_s
-        self.default_depth = default_depth
         self._local = threading.local()
 
-    @classmethod
-    def connect(
-        cls,
-        index_dir: str | Path,
-        *,
-        address: str,
-        replicas: int = 1,
-        actor_cpus: float = 0.25,
-        deadline_s: float = DEFAULT_DEADLINE_S,
-        query_backend: str = "onnx",
-        threads: int = 3,
-        load_timeout_s: float = 300.0,
-    ) -> ShardedEngine:
-        """Join the cluster, start the shard actors and wait until each has loaded its shard."""
-        from trident_search.cluster.runtime import connect
-        from trident_search.indexers.manifest import Manifest, ManifestError
-
-        path = Path(index_dir).resolve()
-        try:
-            manifest = ShardedManifest.load(path)
-            first = Manifest.load(manifest.shard_dirs(path)[0])
-        except ManifestError as exc:
-            raise IndexLoadError(str(exc)) from None
-        connect(address)
-        shards = ShardSet(path, manifest, replicas=replicas, actor_cpus=actor_cpus,
-                          query_backend=query_backend, threads=threads)
-        shards.wait_ready(load_timeout_s)
-        log.info("serving %s: %d documents in %d shards x %d replicas", path, manifest.doc_count,
-                 manifest.n_shards, replicas)
-        encoders = query_encoders(first, query_backend)
-        return cls(path, manifest, shards, list(first.retrievers), encoders, deadline_s=deadline_s)
-
-    def close(self) -> None:
-        self.shards.close()
-
-    # -- search ---------------------------------------------------------------------------------
-    def search(self, request: SearchRequest) -> SearchResponse:
+    def retrieve(self, query: str, calls: Mapping[str, RetrieverCall], filters: Mapping[str, Any]) -> Retrieved:
+        """Scatter to every shard, gather each one's per-retriever top depth, merge by raw score."""
         self._local.deadline = time.monotonic() + self.deadline_s
-        self._local.missing = set()
-        response = super().search(request)
-        missing = sorted(self._local.missing)
-        return response.model_copy(update={
-            "partial": bool(missing),
-            "missing_shards": [self.shards.names[s] for s in missing],
-        })
-
-    def _mask(self, filters: dict[str, Any]) -> Any:
-        """Filters stay a dict here: each shard turns them into a mask over its own documents."""
-        return filters
-
-    def retrieve(
-        self,
-        query: str,
-        retrievers: Sequence[Retriever],
-        depths: dict[Retriever, int],
-        allowed: Any = None,
-        *,
-        exact: bool = False,
-        tuning: dict[Retriever, dict[str, Any]] | None = None,
-    ) -> dict[Retriever, RetrieverRun]:
-        """Scatter to every shard, gather each one's per-retriever top depth, merge by raw score.
-
-        ``allowed`` is the request's filter dict (see :meth:`_mask`), applied inside each shard;
-        ``tuning`` (per-request index knobs) goes to every shard as it is.
-        """
-        names = list(retrievers)
-        vectors: dict[Retriever, Any] = {}
-        timings: dict[Retriever, dict[str, float]] = {r: {} for r in names}
-        for r in names:
-            if r in self.encoders:  # once here, not once per shard
-                start = time.perf_counter()
-                vectors[r] = self.encoders[r].encode_queries([query])
-                timings[r][f"encode_{r}"] = (time.perf_counter() - start) * 1e3
+        names = list(calls)
+        vectors: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        for r in names:  # once here, not once per shard
+            start = time.perf_counter()
+            vectors[r] = self.encoders[r].encode(query)
+            timings[f"encode_{r}"] = ms_since(start)
         start = time.perf_counter()
-        args = {s: (query, names, depths, allowed, exact, vectors, tuning) for s in range(self.shards.n)}
+        args = {s: (query, dict(calls), dict(filters), vectors) for s in range(self.shards.n)}
         answers, missing = self.shards.call("retrieve", args, self._local.deadline)
-        self._local.missing.update(missing)
-        timings[names[0]]["scatter"] = (time.perf_counter() - start) * 1e3
-        runs = merge_runs(list(answers.values()), names, depths)
-        return {r: RetrieverRun(run.hits, {**run.timings, **timings[r]}, run.warning) for r, run in runs.items()}
+        timings["scatter"] = ms_since(start)
+        runs = merge_runs(list(answers.values()), names, {r: c.depth for r, c in calls.items()})
+        got = Retrieved(runs, timings, [self.shards.names[s] for s in missing])
+        self._local.retrieved = got
+        return got
 
-    def _hydrate(self, page: list[Any], request: SearchRequest) -> list[SearchHit]:
+    def fetch(self, ids: Sequence[str]) -> list[StoredDoc]:
         owners: dict[int, list[str]] = {}
-        for f in page:
-            owners.setdefault(shard_of(f.docid, self.shards.n), []).append(f.docid)
-        args = {s: (ids,) for s, ids in owners.items()}
-        answers, missing = self.shards.call("fetch", args, max(self._local.deadline, time.monotonic() + 0.5))
-        self._local.missing.update(missing)
-        docs = {d[0]: d for rows in answers.values() for d in rows}
-        out = []
-        for rank, f in enumerate(page, start=request.offset + 1):
-            _, title, text, metadata = docs.get(f.docid, (f.docid, "", None, {}))
-            explain = None
-            if request.explain:
-                explain = {
-                    name: RetrieverExplanation(rank=c.rank, raw_score=c.raw,
-                                               normalized_score=c.normalized, weighted_score=c.weighted)
-                    for name, c in f.contributions.items()
-                }
-            out.append(SearchHit(id=f.docid, rank=rank, score=f.score, title=title,
-                                 text=text if request.include_text else None, metadata=metadata,
-                                 explain=explain))
-        return out
+        for d in ids:
+            owners.setdefault(shard_of(d, self.shards.n), []).append(d)
+        deadline = max(getattr(self._local, "deadline", 0.0), time.monotonic() + 0.5)
+        answers, missing = self.shards.call("fetch", {s: (part,) for s, part in owners.items()}, deadline)
+        got: Retrieved | None = getattr(self._local, "retrieved", None)
+        if got is not None:
+            got.missing_shards.extend(self.shards.names[s] for s in missing if self.shards.names[s]
+                                      not in got.missing_shards)
+        docs = {d.id: d for rows in answers.values() for d in rows}
+        return [docs.get(d) or StoredDoc(-1, d, "", "", {}) for d in ids]
 
-    # -- documents and info ---------------------------------------------------------------------
-    def document(self, doc_id: str) -> DocumentResponse:
+    def document(self, doc_id: str) -> StoredDoc | None:
         shard = shard_of(doc_id, self.shards.n)
         answers, missing = self.shards.call("document", {shard: (doc_id,)}, time.monotonic() + self.deadline_s)
         if missing:
             raise NotReadyError(f"shard {self.shards.names[shard]}, which holds {doc_id!r}, did not "
                                 f"answer within {self.deadline_s} s; retry shortly")
-        if answers[shard] is None:
-            raise NotFoundError(f"no document with id {doc_id!r} in this index", field="doc_id")
-        _, title, text, metadata = answers[shard]
-        return DocumentResponse(id=doc_id, title=title, text=text, metadata=metadata)
+        return answers[shard]
 
-    def info(self) -> IndexInfo:
-        return IndexInfo(
-            path=str(self.path), doc_count=self.manifest.doc_count, retrievers=self.retrievers,
-            default_fusion=self.default_fusion(),
-            query_encoders={r: f"{e.name} ({getattr(e, 'backend', 'torch')}, in the router)"
-                            for r, e in self.encoders.items()},
-            manifest=self.manifest.to_dict(),
-        )
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "doc_count": self.manifest.doc_count,
+            "query_encoders": {r: f"{e.description}, in the router" for r, e in self.encoders.items()},
+            "manifest": self.manifest.to_dict(),
+        }
+
+    def close(self) -> None:
+        self.shards.close()
+        for enc in self.encoders.values():
+            enc.close()
 
 
-def query_encoders(manifest: Any, backend: str) -> dict[Retriever, Any]:
-    """The index's query encoders, as ``Engine.load`` makes them, for the router to encode once."""
-    common = dict(device="cpu", max_length=int(manifest.params.get("max_length", 256)), threads=1,
-                  backend=backend)
-    out: dict[Retriever, Any] = {}
-    if "sparse" in manifest.retrievers:
-        from trident_search.encoders.sparse import SparseEncoder
+def connect_sharded(
+    index_dir: str | Path,
+    *,
+    address: str,
+    replicas: int = 1,
+    actor_cpus: float = 0.25,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    query_backend: str = "onnx",
+    threads: int = 3,
+    default_depth: int = DEFAULT_DEPTH,
+    load_timeout_s: float = 300.0,
+) -> Engine:
+    """Join the cluster, start the shard actors, wait until each has loaded its shard, and return
+    an :class:`Engine` over them."""
+    from trident_search.cluster.runtime import connect
+    from trident_search.indexers.manifest import Manifest
 
-        out["sparse"] = SparseEncoder(manifest.models["sparse"]["name"], **common)
-    if "dense" in manifest.retrievers:
-        from trident_search.encoders.dense import DenseEncoder
-
-        out["dense"] = DenseEncoder(manifest.models["dense"]["name"], **common)
-    return out
+    path = Path(index_dir).resolve()
+    manifest = ShardedManifest.load(path)
+    first = Manifest.load(manifest.shard_dirs(path)[0])
+    connect(address)
+    shards = ShardSet(path, manifest, replicas=replicas, actor_cpus=actor_cpus,
+                      query_backend=query_backend, threads=threads)
+    shards.wait_ready(load_timeout_s)
+    log.info("serving %s: %d documents in %d shards x %d replicas", path, manifest.doc_count,
+             manifest.n_shards, replicas)
+    names = list(first.retrievers)
+    encoders = {r: get(r).query_encoder(first, backend=query_backend) for r in names}
+    backend = ShardedBackend(path, manifest, shards, names, encoders, deadline_s=deadline_s)
+    return Engine(backend, backend, manifest=first, tuned=TunedFusion.from_manifest(first),
+                  default_depth=default_depth, owned=[backend])
 
 
 def merge_runs(
-    answers: Sequence[dict[Retriever, WireRun]], names: Sequence[Retriever], depths: dict[Retriever, int]
-) -> dict[Retriever, RetrieverRun]:
+    answers: Sequence[dict[str, WireRun]], names: Sequence[str], depths: dict[str, int]
+) -> dict[str, RetrieverRun]:
     """Per retriever, the global top ``depth`` of the shards' lists by raw score (ties by docid).
 
     Each shard's list is its exact top ``depth``, so the global top ``depth`` is among their union.
     Timings are the slowest shard's per stage (shards run in parallel).
     """
-    out: dict[Retriever, RetrieverRun] = {}
+    out: dict[str, RetrieverRun] = {}
     for r in names:
         hits: list[Hit] = []
         timings: dict[str, float] = {}
@@ -416,12 +338,13 @@ def merge_runs(
     return out
 
 
-def sharded_loader(address: str, **options: Any) -> Callable[[Any], ShardedEngine]:
+def sharded_loader(address: str, **options: Any) -> Callable[[Any], Engine]:
     """An ``EngineLoader`` for ``trident_search.service.app.create_app`` that serves a sharded index over Ray."""
 
-    def load(settings: Any) -> ShardedEngine:
-        return ShardedEngine.connect(settings.index, address=address, query_backend=settings.query_backend,
-                                     threads=settings.search_threads, **options)
+    def load(settings: Any) -> Engine:
+        return connect_sharded(settings.server.index, address=address, query_backend=settings.search.query_backend,
+                               threads=settings.search.search_threads, default_depth=settings.search.default_depth,
+                               **options)
 
     return load
 
@@ -437,17 +360,14 @@ def create_sharded_app() -> Any:
 
     Options travel by environment, as for ``trident serve``, so every uvicorn worker reads the same.
     """
-    import os
-
     from trident_search.service.app import create_app
-    from trident_search.service.config import Settings
+    from trident_search.settings import Settings
 
-    loader = sharded_loader(
-        os.environ.get(ADDRESS_ENV, "auto"),
-        replicas=int(os.environ.get(REPLICAS_ENV, "1")),
-        deadline_s=float(os.environ.get(DEADLINE_ENV, str(DEFAULT_DEADLINE_S))),
-    )
-    return create_app(Settings(), loader=loader)
+    settings = Settings()
+    cluster = settings.cluster
+    loader = sharded_loader(cluster.ray_address or "auto", replicas=cluster.shard_replicas,
+                            deadline_s=cluster.shard_deadline_s)
+    return create_app(settings, loader=loader)
 
 
 def serve_sharded(

@@ -52,8 +52,11 @@ class DownloadError(TridentError, RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """``$TRIDENT_CACHE_DIR`` or ``~/.cache/trident``; datasets go under ``beir/<name>``."""
-    return Path(os.environ.get("TRIDENT_CACHE_DIR", Path.home() / ".cache" / "trident"))
+    """``$TRIDENT_CACHE`` (the one cache setting, as for ONNX graphs) or ``~/.cache/trident``;
+    datasets go under ``beir/<name>``."""
+    from trident_search.settings import CacheSettings
+
+    return CacheSettings().root
 
 
 def resolve_dataset(spec: str, cache_dir: Path | None = None, *, url: str | None = None) -> Path:

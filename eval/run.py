@@ -1,4 +1,4 @@
-"""Run retrieval modes of ``trident_search.service.engine.Engine`` in process over a BEIR split, and tune fusion.
+"""Run retrieval modes of ``trident_search.core.engine.Engine`` in process over a BEIR split, and tune fusion.
 
 The engine is the one the server runs, called with the same ``SearchRequest`` models, so the
 numbers describe the served code. Each query is one ``Engine.search`` call timed on its own, which
@@ -18,10 +18,11 @@ from trident_search.eval.metrics import evaluate
 from trident_search.eval.results import ModeResult, Run, latency_summary
 from trident_search.eval.tuning import RetrieverRuns, TuningResult, manifest_fusion, tune, write_manifest_fusion
 from trident_search.indexers.hits import Hit
-from trident_search.service.schemas import FusionOptions, RetrieverOptions, SearchRequest
+from trident_search.core.schemas import SearchRequestBase, search_request_model
+from trident_search.indexers.retriever import registered
 
 if TYPE_CHECKING:
-    from trident_search.service.engine import Engine
+    from trident_search.core.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -38,60 +39,68 @@ class Mode:
 
     name: str
     needs: tuple[str, ...]
-    request: Callable[[str, int, Sequence[str]], SearchRequest]
+    request: Callable[[str, int, Sequence[str]], SearchRequestBase]
     tuned: bool = False
 
 
-def _single(retriever: str, **options: Any) -> Callable[[str, int, Sequence[str]], SearchRequest]:
-    def build(query: str, k: int, _: Sequence[str]) -> SearchRequest:
-        extra = {retriever: RetrieverOptions(**options)} if options else {}
-        return SearchRequest(query=query, mode=retriever, k=k, include_text=False, **extra)
+def _request(body: dict[str, Any]) -> SearchRequestBase:
+    return search_request_model().model_validate({"include_text": False, **body})
+
+
+def _single(retriever: str, **options: Any) -> Callable[[str, int, Sequence[str]], SearchRequestBase]:
+    def build(query: str, k: int, _: Sequence[str]) -> SearchRequestBase:
+        extra = {retriever: options} if options else {}
+        return _request({"query": query, "mode": retriever, "k": k, **extra})
 
     return build
 
 
-def _hybrid(method: str, *, untuned: bool) -> Callable[[str, int, Sequence[str]], SearchRequest]:
+def _hybrid(method: str, *, untuned: bool) -> Callable[[str, int, Sequence[str]], SearchRequestBase]:
     """Untuned: equal weights, RRF k=60 / min-max given explicitly, so a tuned manifest can't leak in.
 
     Tuned: only the method is given; weights, k and normalisation come from the manifest.
     """
 
-    def build(query: str, k: int, retrievers: Sequence[str]) -> SearchRequest:
+    def build(query: str, k: int, retrievers: Sequence[str]) -> SearchRequestBase:
         if not untuned:
-            return SearchRequest(query=query, mode="hybrid", k=k, include_text=False,
-                                 fusion=FusionOptions(method=method))
-        fusion = (FusionOptions(method="rrf", rrf_k=60.0) if method == "rrf"
-                  else FusionOptions(method="interpolation", normalization="minmax"))
-        weights = {r: RetrieverOptions(weight=EQUAL_WEIGHT) for r in retrievers}
-        return SearchRequest(query=query, mode="hybrid", k=k, include_text=False,
-                             fusion=fusion, **weights)
+            return _request({"query": query, "mode": "hybrid", "k": k, "fusion": {"method": method}})
+        fusion = ({"method": "rrf", "rrf_k": 60.0} if method == "rrf"
+                  else {"method": "interpolation", "normalization": "minmax"})
+        weights = {r: {"weight": EQUAL_WEIGHT} for r in retrievers}
+        return _request({"query": query, "mode": "hybrid", "k": k, "fusion": fusion, **weights})
 
     return build
 
 
-MODES: dict[str, Mode] = {
-    m.name: m
-    for m in (
-        Mode("bm25", ("bm25",), _single("bm25")),
-        Mode("sparse", ("sparse",), _single("sparse")),
-        Mode("sparse-exact", ("sparse",), _single("sparse", exact=True)),
-        Mode("dense", ("dense",), _single("dense")),
-        Mode("rrf", ("bm25", "sparse", "dense"), _hybrid("rrf", untuned=True)),
-        Mode("interpolation", ("bm25", "sparse", "dense"), _hybrid("interpolation", untuned=True)),
-        Mode("rrf-tuned", ("bm25", "sparse", "dense"), _hybrid("rrf", untuned=False), tuned=True),
-        Mode("interpolation-tuned", ("bm25", "sparse", "dense"),
-             _hybrid("interpolation", untuned=False), tuned=True),
-    )
-}
+def modes() -> dict[str, Mode]:
+    """Every eval mode: one per registered retriever (plus ``<name>-exact`` where the retriever has an
+    exact knob), and the hybrid fusions, untuned and tuned."""
+    specs = registered()
+    everyone = tuple(specs)
+    out: list[Mode] = []
+    for name, spec in specs.items():
+        out.append(Mode(name, (name,), _single(name)))
+        if "exact" in spec.options.model_fields:
+            out.append(Mode(f"{name}-exact", (name,), _single(name, exact=True)))
+    out += [
+        Mode("rrf", everyone, _hybrid("rrf", untuned=True)),
+        Mode("interpolation", everyone, _hybrid("interpolation", untuned=True)),
+        Mode("rrf-tuned", everyone, _hybrid("rrf", untuned=False), tuned=True),
+        Mode("interpolation-tuned", everyone, _hybrid("interpolation", untuned=False), tuned=True),
+    ]
+    return {m.name: m for m in out}
+
+
 DEFAULT_MODES = ("bm25", "sparse", "sparse-exact", "dense", "rrf", "interpolation")
 
 
 def parse_modes(spec: str) -> list[str]:
     """``"bm25,dense"`` -> ["bm25", "dense"]; unknown names are an error listing the known ones."""
     names = [m.strip() for m in spec.split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODES]
+    known = modes()
+    unknown = [m for m in names if m not in known]
     if unknown or not names:
-        raise EvalError(f"unknown modes {unknown or spec!r}; choose from {', '.join(MODES)}")
+        raise EvalError(f"unknown modes {unknown or spec!r}; choose from {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
@@ -101,7 +110,7 @@ def check_modes(modes: Sequence[str], available: Sequence[str]) -> None:
     Hybrid modes fuse the retrievers the index has, so they need at least two of them.
     """
     for name in modes:
-        mode = MODES[name]
+        mode = modes()[name]
         if len(mode.needs) == 1 and mode.needs[0] not in available:
             raise EvalError(f"mode {name} needs the {mode.needs[0]} retriever; this index has "
                             f"{', '.join(available)}")
@@ -114,7 +123,7 @@ def run_mode(
     *, k: int = 100,
 ) -> ModeResult:
     """Search every query one at a time, time each call, and score the run."""
-    build = MODES[mode].request
+    build = modes()[mode].request
     run: Run = {}
     seconds: list[float] = []
     settings: dict[str, Any] = {}
@@ -140,8 +149,8 @@ def retrieve_lists(
     names = list(engine.retrievers)
     runs: dict[str, dict[str, list[Hit]]] = {r: {} for r in names}
     for qid, text in queries.items():
-        for r, result in engine.retrieve(text, names, {r: depth for r in names}).items():
-            runs[r][qid] = result.hits
+        for r, hits in engine.runs(text, depth, names).items():
+            runs[r][qid] = hits
     return runs
 
 

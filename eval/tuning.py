@@ -1,7 +1,7 @@
 """Tune fusion settings on a tuning split, and store the winner in an index manifest.
 
 Each retriever's depth-``d`` list is retrieved once per tuning query; every grid point is then only
-a fusion in memory, with the same ``trident_search.service.fusion`` code the engine runs, and a metric. The test
+a fusion in memory, with the same ``trident_search.core.fusion`` code the engine runs, and a metric. The test
 split must never be passed here: :func:`tune` refuses a split named ``test``.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ import numpy as np
 from trident_search.errors import TridentError
 from trident_search.eval.metrics import evaluate
 from trident_search.indexers.hits import Hit
+from trident_search.core.tuned import TunedFusion
 from trident_search.indexers.manifest import Manifest, ManifestError
-from trident_search.service.fusion import Normalized, normalize, reciprocal_ranks
+from trident_search.core.fusion import Normalized, normalize, reciprocal_ranks
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _fused_runs(
 ) -> list[dict[str, dict[str, float]]]:
     """Fuse every query under each setting of a group sharing one per-run transform.
 
-    ``trident_search.service.fusion`` gives each run's normalised (or reciprocal-rank) values; the weighted sum
+    ``trident_search.core.fusion`` gives each run's normalised (or reciprocal-rank) values; the weighted sum
     over runs is then one matrix product for all weight vectors at once, which is what makes a
     grid of hundreds of points cheap. Documents are pre-sorted by docid descending and sorted
     stably by score, which is trec_eval's order, so cutting at ``depth`` keeps exactly the
@@ -228,5 +229,5 @@ def write_manifest_fusion(index_dir: Path, fusion: Mapping[str, Any]) -> None:
         manifest = Manifest.load(index_dir)
     except ManifestError as exc:
         raise TuningError(str(exc)) from None
-    manifest.extra["fusion"] = dict(fusion)
+    TunedFusion.model_validate(dict(fusion)).store(manifest)
     manifest.write(index_dir)

@@ -11,69 +11,55 @@ pool, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trident_search.service.config import Settings
+from trident_search.errors import NotReadyError, TridentError
 from trident_search.service.errors import (
     AuthenticationError,
-    InvalidRequestError,
-    NotReadyError,
+    ErrorResponse,
     PayloadTooLargeError,
     PermissionDeniedError,
-    TridentError,
+    status_of,
 )
-from trident_search.service.metrics import CONTENT_TYPE, Metrics
-from trident_search.service.schemas import (
-    RETRIEVERS,
-    BatchSearchRequest,
-    BatchSearchResponse,
-    DocumentResponse,
-    ErrorResponse,
-    IndexInfo,
-    SearchRequest,
-    SearchResponse,
+from trident_search.service.metrics import Metrics
+from trident_search.service.routes import (
+    SearchEngine,
+    documents_router,
+    index_router,
+    ops_router,
+    search_router,
 )
+from trident_search.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class SearchEngine(Protocol):
-    """What the app needs from an engine (``trident_search.service.engine.Engine``, or a test double)."""
-
-    def search(self, request: SearchRequest) -> SearchResponse: ...
-    def search_batch(self, requests: Sequence[SearchRequest]) -> list[SearchResponse]: ...
-    def document(self, doc_id: str) -> DocumentResponse: ...
-    def info(self) -> IndexInfo: ...
-    def close(self) -> None: ...
 
 
 EngineLoader = Callable[[Settings], SearchEngine]
 
 
 def load_engine(settings: Settings) -> SearchEngine:
-    """The production loader: the real engine over ``settings.index``."""
-    from trident_search.service.engine import Engine  # heavy imports (Lucene, FAISS, ONNX) only when serving
+    """The production loader: the real engine over ``settings.server.index``."""
+    from trident_search.core.engine import Engine  # heavy imports (Lucene, FAISS, ONNX) only when serving
 
     return Engine.load(
-        settings.index,
-        query_backend=settings.query_backend,
-        threads=settings.search_threads,
-        default_depth=settings.default_depth,
+        settings.server.index,
+        query_backend=settings.search.query_backend,
+        threads=settings.search.search_threads,
+        default_depth=settings.search.default_depth,
     )
 
 
@@ -112,7 +98,7 @@ def _error_response(request: Request, exc: Exception) -> JSONResponse:
     field: str | None = None
     details: list[dict[str, Any]] = []
     if isinstance(exc, TridentError):
-        status, code, message, field = exc.status, exc.code, exc.message, exc.field
+        (status, code), message, field = status_of(exc), exc.message, exc.field
     elif isinstance(exc, (RequestValidationError, ValidationError)):
         details = _validation_details(exc.errors())
         first = details[0] if details else {"field": None, "message": "invalid request"}
@@ -214,26 +200,6 @@ class MetricsMiddleware:
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
 
 
-# -- limits -----------------------------------------------------------------------------------
-def check_limits(req: SearchRequest, settings: Settings, prefix: str = "") -> None:
-    """Operator-configured limits; each violation is a 422 naming the field and the limit."""
-    checks: list[tuple[str, int, int, str]] = [
-        ("query", len(req.query), settings.max_query_chars, "TRIDENT_MAX_QUERY_CHARS characters"),
-        ("k", req.k, settings.max_k, "TRIDENT_MAX_K"),
-        ("offset", req.offset, settings.max_offset, "TRIDENT_MAX_OFFSET"),
-    ]
-    for name in RETRIEVERS:
-        depth = req.options(name).depth
-        if depth is not None:
-            checks.append((f"{name}.depth", depth, settings.max_depth, "TRIDENT_MAX_DEPTH"))
-    for field, value, limit, setting in checks:
-        if value > limit:
-            raise InvalidRequestError(
-                f"{prefix}{field} is {value}, over the limit of {limit} ({setting})",
-                field=f"{prefix}{field}",
-            )
-
-
 # -- the app ----------------------------------------------------------------------------------
 def create_app(
     settings: Settings | None = None,
@@ -269,13 +235,13 @@ def create_app(
     async def _load(app: FastAPI) -> None:
         try:
             app.state.engine = await asyncio.to_thread(loader, settings)
-            log.info("index %s loaded; ready", settings.index)
+            log.info("index %s loaded; ready", settings.server.index)
         except TridentError as exc:
             app.state.load_error = exc.message
             log.error("not ready: %s", exc.message)
         except Exception as exc:  # a damaged index must not kill the server; say why, stay up
-            app.state.load_error = f"cannot load index {settings.index}: {exc}"
-            log.exception("not ready: cannot load index %s", settings.index)
+            app.state.load_error = f"cannot load index {settings.server.index}: {exc}"
+            log.exception("not ready: cannot load index %s", settings.server.index)
 
     app = FastAPI(
         title="Trident",
@@ -293,20 +259,20 @@ def create_app(
     app.state.load_error = None
     for exc_type in (TridentError, RequestValidationError, ValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_type, _error_response)  # type: ignore[arg-type]
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     api_key_header = APIKeyHeader(
-        name=settings.api_key_header, auto_error=False,
+        name=settings.server.api_key_header, auto_error=False,
         description="Required when the server runs with TRIDENT_API_KEY set.",
     )
 
     def require_api_key(key: str | None = Depends(api_key_header)) -> None:
-        expected = settings.api_key
+        expected = settings.server.api_key
         if expected is None:
             return
         if not key:
-            raise AuthenticationError(f"missing API key: send it in the {settings.api_key_header} header")
+            raise AuthenticationError(f"missing API key: send it in the {settings.server.api_key_header} header")
         if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
             raise PermissionDeniedError("API key not accepted")
 
@@ -322,115 +288,12 @@ def create_app(
         413: {"model": ErrorResponse, "description": "Body too large."},
     }
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=auth_responses)
-
-    @v1.post("/search", response_model=SearchResponse, tags=["search"])
-    async def search(body: SearchRequest, request: Request) -> Response:
-        """Search with any retriever or a fusion of them; see the request schema for every option."""
-        engine = engine_of(request)
-        check_limits(body, settings)
-        resp = await run_in_threadpool(engine.search, body)
-        metrics.observe_search(resp)
-        return _json(resp)
-
-    @v1.get("/search", response_model=SearchResponse, tags=["search"])
-    async def search_get(
-        request: Request,
-        q: str = Query(..., description="Free-text query."),
-        mode: str = Query("hybrid", description="bm25 | sparse | dense | hybrid"),
-        k: int = 10,
-        offset: int = 0,
-        retrievers: str | None = Query(None, description="Hybrid: comma-separated subset, e.g. `bm25,dense`."),
-        fusion: str | None = Query(None, description="rrf | interpolation"),
-        rrf_k: float | None = None,
-        normalization: str | None = Query(None, description="minmax | zscore | none"),
-        bm25_depth: int | None = None,
-        bm25_weight: float | None = None,
-        sparse_depth: int | None = None,
-        sparse_weight: float | None = None,
-        dense_depth: int | None = None,
-        dense_weight: float | None = None,
-        filters: str | None = Query(None, description='Metadata filters as a JSON object, e.g. `{"year": 2020}`.'),
-        explain: bool = False,
-        include_text: bool = True,
-    ) -> Response:
-        """The same search as POST, from query parameters (convenient for curl and browsers)."""
-        parsed_filters: Any = {}
-        if filters:
-            try:
-                parsed_filters = json.loads(filters)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequestError(f"filters is not valid JSON: {exc.msg}", field="filters") from None
-        per = {"bm25": (bm25_depth, bm25_weight), "sparse": (sparse_depth, sparse_weight),
-               "dense": (dense_depth, dense_weight)}
-        raw: dict[str, Any] = {
-            "query": q, "mode": mode, "k": k, "offset": offset, "filters": parsed_filters,
-            "explain": explain, "include_text": include_text,
-            "fusion": {n: v for n, v in (("method", fusion), ("rrf_k", rrf_k),
-                                         ("normalization", normalization)) if v is not None},
-            **{name: {"depth": d, "weight": w} for name, (d, w) in per.items() if (d, w) != (None, None)},
-        }
-        if retrievers:
-            raw["retrievers"] = [r.strip() for r in retrievers.split(",") if r.strip()]
-        try:
-            body = SearchRequest.model_validate(raw)
-        except ValidationError as exc:
-            details = _validation_details(exc.errors(), rooted=False)
-            for d in details:
-                d["field"] = _get_param(d["field"])
-            first = details[0]
-            raise InvalidRequestError(
-                f"{first['message']} (parameter '{first['field']}')", field=first["field"]
-            ) from None
-        return await search(body, request)
-
-    @v1.post("/search/batch", response_model=BatchSearchResponse, tags=["search"])
-    async def search_batch(body: BatchSearchRequest, request: Request) -> Response:
-        """Several searches in one call; each result equals what `POST /v1/search` returns for it."""
-        engine = engine_of(request)
-        if len(body.requests) > settings.max_batch:
-            raise InvalidRequestError(
-                f"requests holds {len(body.requests)} searches, over the limit of {settings.max_batch} "
-                "(TRIDENT_MAX_BATCH)", field="requests")
-        for i, req in enumerate(body.requests):
-            check_limits(req, settings, prefix=f"requests.{i}.")
-        start = time.perf_counter()
-        results = await run_in_threadpool(engine.search_batch, body.requests)
-        for resp in results:
-            metrics.observe_search(resp)
-        total_ms = (time.perf_counter() - start) * 1e3
-        return _json(BatchSearchResponse(results=results, timings_ms={"total": total_ms}))
-
-    @v1.get("/documents/{doc_id:path}", response_model=DocumentResponse, tags=["documents"],
-            responses={404: {"model": ErrorResponse, "description": "No such document."}})
-    async def get_document(doc_id: str, request: Request) -> DocumentResponse:
-        """One stored document by its corpus `_id`."""
-        engine = engine_of(request)
-        return await run_in_threadpool(engine.document, doc_id)
-
-    @v1.get("/index", response_model=IndexInfo, tags=["index"])
-    async def index_info(request: Request) -> IndexInfo:
-        """The loaded index: manifest, document count, retrievers, default fusion, query encoders."""
-        return engine_of(request).info()
-
+    v1.include_router(search_router(settings, engine_of, metrics, _validation_details))
+    v1.include_router(documents_router(engine_of))
+    v1.include_router(index_router(engine_of))
     app.include_router(v1)
+    app.include_router(ops_router(settings, engine_of, metrics))
     _document_limits(app, settings)
-
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers (whether or not an index is loaded)."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorResponse}})
-    async def readyz(request: Request) -> dict[str, str]:
-        """Readiness: 200 only once the index is loaded and searchable."""
-        engine_of(request)
-        return {"status": "ready", "index": str(settings.index)}
-
-    @app.get("/metrics", tags=["ops"], response_class=Response)
-    async def prometheus() -> Response:
-        """Prometheus text format: requests, latency per route, per search stage and mode, errors."""
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
     return app
 
 
@@ -450,55 +313,27 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
         comps = schema.get("components", {}).get("schemas", {})
         search = comps.get("SearchRequest", {}).get("properties", {})
         if search:
-            set_bound(search["query"], maxLength=settings.max_query_chars)
-            set_bound(search["k"], maximum=settings.max_k)
-            set_bound(search["offset"], maximum=settings.max_offset)
-        options = comps.get("RetrieverOptions", {}).get("properties", {})
-        if options:
-            set_bound(options["depth"], maximum=settings.max_depth)
+            set_bound(search["query"], maxLength=settings.search.max_query_chars)
+            set_bound(search["k"], maximum=settings.search.max_k)
+            set_bound(search["offset"], maximum=settings.search.max_offset)
+        for name, comp in comps.items():  # every retriever's options model
+            if name.endswith("Options") and "depth" in comp.get("properties", {}):
+                set_bound(comp["properties"]["depth"], maximum=settings.search.max_depth)
         batch = comps.get("BatchSearchRequest", {}).get("properties", {})
         if batch:
-            set_bound(batch["requests"], maxItems=settings.max_batch)
-        get_limits = {"q": {"maxLength": settings.max_query_chars}, "k": {"maximum": settings.max_k},
-                      "offset": {"maximum": settings.max_offset},
-                      **{f"{r}_depth": {"maximum": settings.max_depth} for r in RETRIEVERS}}
-        for param in schema["paths"].get("/v1/search", {}).get("get", {}).get("parameters", []):
-            if param["name"] in get_limits:
-                set_bound(param["schema"], **get_limits[param["name"]])
+            set_bound(batch["requests"], maxItems=settings.server.max_batch)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _json(model: SearchResponse | BatchSearchResponse) -> Response:
-    """Serialise an engine-built response directly: it is a validated model already, and FastAPI
-    would validate it again against ``response_model`` (which stays declared for the docs)."""
-    return Response(model.model_dump_json(), media_type="application/json")
-
-
-def _get_param(field: str | None) -> str | None:
-    """Name a SearchRequest field the way the GET endpoint's parameters spell it."""
-    if field is None:
-        return None
-    if field == "query":
-        return "q"
-    if field == "fusion.method":
-        return "fusion"
-    head, _, tail = field.partition(".")
-    if head == "fusion":
-        return tail
-    if head in RETRIEVERS and tail:
-        return f"{head}_{tail}"
-    return head if head in {"filters", "retrievers"} else field
-
-
 def _not_ready_message(app: FastAPI, settings: Settings) -> str:
     error = app.state.load_error
     if error is None:
-        return f"index {settings.index} is still loading; retry shortly"
+        return f"index {settings.server.index} is still loading; retry shortly"
     return (
-        f"{error}. Build an index with `trident index build --corpus <BEIR folder> --out {settings.index}` "
+        f"{error}. Build an index with `trident index build --corpus <BEIR folder> --out {settings.server.index}` "
         "and restart the server (or point TRIDENT_INDEX / --index at an existing one)."
     )
 

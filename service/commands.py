@@ -8,23 +8,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from trident_search.settings import SearchSettings, ServerSettings
+
 log = logging.getLogger(__name__)
 
 
+def _default(section: type[Any], name: str) -> Any:
+    """A CLI default, taken from the settings model so the two cannot disagree."""
+    return section.model_fields[name].default
+
+
 def serve(
-    index: Path = typer.Option(Path("indexes/demo"), "--index", envvar="TRIDENT_INDEX",
+    index: Path = typer.Option(_default(ServerSettings, "index"), "--index", envvar="TRIDENT_INDEX",
                                help="Index directory built by `trident index build`."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for every interface)."),
-    port: int = typer.Option(8000, min=1, max=65535),
-    workers: int = typer.Option(1, min=1, help="Worker processes; each loads its own copy of the index."),
+    host: str = typer.Option(_default(ServerSettings, "host"), envvar="TRIDENT_HOST",
+                             help="Interface to bind (0.0.0.0 for every interface)."),
+    port: int = typer.Option(_default(ServerSettings, "port"), envvar="TRIDENT_PORT", min=1, max=65535),
+    workers: int = typer.Option(_default(ServerSettings, "workers"), envvar="TRIDENT_WORKERS", min=1,
+                                help="Worker processes; each loads its own copy of the index."),
     api_key: str | None = typer.Option(None, envvar="TRIDENT_API_KEY",
                                        help="Require this key in the X-API-Key header on /v1/*."),
-    query_backend: str = typer.Option("onnx", envvar="TRIDENT_QUERY_BACKEND",
+    query_backend: str = typer.Option(_default(SearchSettings, "query_backend"), envvar="TRIDENT_QUERY_BACKEND",
                                       help="Query encoder backend: onnx (int8, fast) or torch."),
     ray_address: str | None = typer.Option(
         None, envvar="TRIDENT_RAY_ADDRESS",
@@ -34,12 +44,11 @@ def serve(
     import uvicorn
 
     if ray_address is not None:  # this process becomes the router of a sharded index (cluster/)
-        from trident_search.cluster.serving import serve_sharded
-        from trident_search.service.errors import TridentError
+        from trident_search.errors import TridentError
 
         try:
-            serve_sharded(index, address=ray_address, host=host, port=port, workers=workers,
-                          query_backend=query_backend)
+            _sharded_server()(index, address=ray_address, host=host, port=port, workers=workers,
+                              query_backend=query_backend)
         except TridentError as exc:
             raise typer.BadParameter(exc.message, param_hint="--index") from None
         return
@@ -49,7 +58,7 @@ def serve(
     os.environ["TRIDENT_QUERY_BACKEND"] = query_backend
     if api_key:
         os.environ["TRIDENT_API_KEY"] = api_key
-    from trident_search.service.config import Settings
+    from trident_search.settings import Settings
 
     try:
         Settings()
@@ -58,9 +67,19 @@ def serve(
     if not (index / "manifest.json").is_file():
         log.error("no index at %s: the server starts, but /readyz and searches answer 503 until one is "
                   "built (`trident index build --corpus <BEIR folder> --out %s`)", index, index)
-    level = os.environ.get("TRIDENT_LOG_LEVEL", "info")
+    level = ServerSettings().log_level
     uvicorn.run("trident_search.service.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=level, log_config=_log_config(level))
+
+
+def _sharded_server() -> Any:
+    """``serve_sharded`` from the cluster package, found through the ``trident.serving`` entry point
+    (cluster sits beside service, so service never imports it)."""
+    found = [ep for ep in entry_points(group="trident.serving") if ep.name == "ray"]
+    if not found:
+        raise typer.BadParameter("--ray-address needs the ray extra: pip install 'trident-search[ray]'",
+                                 param_hint="--ray-address")
+    return found[0].load()
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -98,7 +117,7 @@ def _parse_filters(items: list[str]) -> dict[str, Any]:
 
 def search(
     query: str = typer.Argument(..., help="Query text."),
-    index: Path = typer.Option(Path("indexes/demo"), "--index", envvar="TRIDENT_INDEX"),
+    index: Path = typer.Option(_default(ServerSettings, "index"), "--index", envvar="TRIDENT_INDEX"),
     mode: str = typer.Option("hybrid", help="bm25 | sparse | dense | hybrid"),
     k: int = typer.Option(10, "-k", "--k", min=1),
     offset: int = typer.Option(0, min=0),
@@ -106,37 +125,34 @@ def search(
     filter_: list[str] = typer.Option([], "--filter", help="Metadata filter field=value; repeat it."),
     explain: bool = typer.Option(False, help="Show each retriever's rank and score."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON response instead of a table."),
-    query_backend: str = typer.Option("onnx", help="Query encoder backend: onnx or torch."),
+    query_backend: str = typer.Option(_default(SearchSettings, "query_backend"), envvar="TRIDENT_QUERY_BACKEND",
+                                      help="Query encoder backend: onnx or torch."),
 ) -> None:
     """Search an index once, in-process, and print a table (no server needed)."""
     from pydantic import ValidationError
     from rich.console import Console
     from rich.table import Table
 
-    from trident_search.service.engine import Engine
-    from trident_search.service.errors import TridentError
-    from trident_search.service.schemas import SearchRequest
+    from trident_search.core.searcher import Searcher
+    from trident_search.errors import TridentError
 
     body: dict[str, Any] = {"query": query, "mode": mode, "k": k, "offset": offset, "explain": explain,
                             "filters": _parse_filters(filter_), "include_text": False}
     if fusion:
         body["fusion"] = {"method": fusion}
+    searcher = None
     try:
-        request = SearchRequest.model_validate(body)
-        engine = Engine.load(index, query_backend=query_backend)
+        searcher = Searcher.open(index, query_backend=query_backend)
+        response = searcher.search_full(**body)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise typer.BadParameter(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     except TridentError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise typer.Exit(1) from None
-    try:
-        response = engine.search(request)
-    except TridentError as exc:
-        typer.secho(f"error: {exc.message}", fg="red", err=True)
-        raise typer.Exit(1) from None
     finally:
-        engine.close()
+        if searcher is not None:
+            searcher.close()
     if as_json:
         typer.echo(response.model_dump_json(indent=2))
         return

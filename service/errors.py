@@ -1,67 +1,64 @@
-"""Domain exceptions of the service, each carrying the HTTP status and error code it maps to.
+"""The HTTP side of errors: the one table from error class to status and code, and the envelope.
 
-The engine raises these without knowing about HTTP; ``trident_search.service.app`` turns every one of them into
-the same JSON envelope in a single handler, so a status code is decided in exactly one place.
+The core raises :class:`~trident_search.errors.TridentError` subclasses that know nothing of HTTP;
+``trident_search.service.app`` turns every error into :class:`ErrorResponse` through :func:`status_of`.
 """
 from __future__ import annotations
 
+from typing import Any
 
-class TridentError(Exception):
-    """Base class: ``status`` and ``code`` for the HTTP envelope, ``field`` names the input at fault."""
+from pydantic import BaseModel, Field
 
-    status = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-
-class InvalidRequestError(TridentError):
-    """A request that is well-formed JSON but asks for something impossible (names ``field``)."""
-
-    status = 422
-    code = "invalid_request"
-
-
-class NotFoundError(TridentError):
-    """A document id the index does not hold."""
-
-    status = 404
-    code = "not_found"
-
-
-class NotReadyError(TridentError):
-    """No index is loaded (missing, damaged or still loading); the message says how to fix it."""
-
-    status = 503
-    code = "not_ready"
+from trident_search.errors import (
+    IndexLoadError,
+    InvalidRequestError,
+    NotFoundError,
+    NotReadyError,
+    OverloadedError,
+    TridentError,
+)
 
 
 class AuthenticationError(TridentError):
     """No API key was sent although the server requires one."""
 
-    status = 401
-    code = "unauthenticated"
-
 
 class PermissionDeniedError(TridentError):
     """An API key was sent but it is not the configured one."""
-
-    status = 403
-    code = "forbidden"
 
 
 class PayloadTooLargeError(TridentError):
     """A request body over ``max_body_bytes``."""
 
-    status = 413
-    code = "payload_too_large"
+
+# Most specific first: the first class an error is an instance of decides.
+STATUS: list[tuple[type[TridentError], int, str]] = [
+    (InvalidRequestError, 422, "invalid_request"),
+    (NotFoundError, 404, "not_found"),
+    (AuthenticationError, 401, "unauthenticated"),
+    (PermissionDeniedError, 403, "forbidden"),
+    (PayloadTooLargeError, 413, "payload_too_large"),
+    (OverloadedError, 429, "overloaded"),
+    (NotReadyError, 503, "not_ready"),
+    (IndexLoadError, 503, "index_unavailable"),
+    (TridentError, 500, "internal_error"),
+]
 
 
-class IndexLoadError(TridentError):
-    """An index directory that cannot be loaded: missing, incomplete or of another format version."""
+def status_of(exc: TridentError) -> tuple[int, str]:
+    """The HTTP status and error code for a Trident error."""
+    return next((status, code) for cls, status, code in STATUS if isinstance(exc, cls))
 
-    status = 503
-    code = "index_unavailable"
+
+class ErrorBody(BaseModel):
+    status: int
+    code: str
+    message: str
+    field: str | None = Field(None, description="Dotted path of the request field at fault, if one is.")
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """The one envelope every 4xx/5xx answer uses."""
+
+    error: ErrorBody

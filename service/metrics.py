@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from trident_search.service.schemas import SearchResponse
+from trident_search.core.schemas import SearchResponse
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Milliseconds matter here: most searches finish in 2-50 ms.

@@ -49,9 +49,9 @@ def build_tiny_index(root: Path) -> Path:
 _engines: dict[Path, object] = {}
 
 
-def shared_engine(index_dir: Path):  # noqa: ANN201 - returns trident_search.service.engine.Engine
+def shared_engine(index_dir: Path):  # noqa: ANN201 - returns trident_search.core.engine.Engine
     """One engine per index for the whole session (loading models and the JVM takes seconds)."""
-    from trident_search.service.engine import Engine
+    from trident_search.core.engine import Engine
 
     with _lock:
         if index_dir not in _engines:

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from trident_search.service.app import create_app
-from trident_search.service.config import Settings
+from trident_search.settings import Settings
 from service_fixture import metadata
 
 QUERY = "vitamin D deficiency and bone density"
@@ -243,9 +243,10 @@ def test_retriever_knobs_reach_the_indexes(client: TestClient, engine: Any, monk
     """Knobs in range are accepted and handed to the index's search (observed, not replaced)."""
     seen: dict[str, dict[str, Any]] = {}
     for name in ("sparse", "dense"):
-        index = getattr(engine, name, None)
-        if index is None:
+        part = engine.backend.parts.get(name)
+        if part is None:
             continue
+        index = part.index
         real = index.search
 
         def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:

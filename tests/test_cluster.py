@@ -14,15 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from trident_search.cluster.build import build_sharded
 from trident_search.cluster.layout import ShardedManifest, is_sharded, shard_of
 from trident_search.cluster.local import LocalCluster, leftover_processes, local_cluster
-from trident_search.cluster.serving import ShardedEngine, merge_runs
+from trident_search.cluster.serving import connect_sharded, merge_runs
 from trident_search.indexers.build import BuildConfig, build_index
-from trident_search.service.engine import Engine
-from trident_search.service.errors import InvalidRequestError, NotFoundError
-from trident_search.service.schemas import SearchRequest, SearchResponse
+from trident_search.core.engine import Engine
+from trident_search.core.local import LocalIndex
+from trident_search.errors import InvalidRequestError, NotFoundError
+from trident_search.core.schemas import SearchRequest, SearchResponse
 
 N_DOCS = 60
 N_SHARDS = 2
@@ -49,7 +51,8 @@ def queries(demo_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[LocalCluster]:
-    pytest.importorskip("ray")
+    """3 loopback nodes in a temp dir of their own under $TMPDIR (Ray's address file included)."""
+    require("ray")
     with local_cluster(nodes=3, cpus_per_node=2) as lc:
         temp_dir = lc.temp_dir
         yield lc
@@ -74,8 +77,8 @@ def sharded_dir(ray_cluster: LocalCluster, corpus: Path, tmp_path_factory: pytes
 
 
 @pytest.fixture(scope="module")
-def sharded(ray_cluster: LocalCluster, sharded_dir: Path) -> Iterator[ShardedEngine]:
-    engine = ShardedEngine.connect(sharded_dir, address=ray_cluster.address, deadline_s=DEADLINE_S)
+def sharded(ray_cluster: LocalCluster, sharded_dir: Path) -> Iterator[Engine]:
+    engine = connect_sharded(sharded_dir, address=ray_cluster.address, deadline_s=DEADLINE_S)
     yield engine
     engine.close()
 
@@ -96,7 +99,7 @@ def assert_same_up_to_ties(got: SearchResponse, want: SearchResponse, tol: float
     assert {h.id for h in got.hits if h.score > cutoff} == {h.id for h in want.hits if h.score > cutoff}
 
 
-def _wait_full(engine: ShardedEngine, request: SearchRequest) -> SearchResponse:
+def _wait_full(engine: Engine, request: SearchRequest) -> SearchResponse:
     end = time.monotonic() + RECOVERY_S
     while time.monotonic() < end:
         response = engine.search(request)
@@ -136,16 +139,16 @@ def _wait_gone(pid: int, timeout_s: float = 60.0) -> None:
 
 # -- build ------------------------------------------------------------------------------------------
 def test_sharded_build_is_a_complete_partition(sharded_dir: Path, single: Engine, corpus: Path) -> None:
-    assert is_sharded(sharded_dir) and not is_sharded(single.path)
+    assert is_sharded(sharded_dir) and not is_sharded(single.backend.path)
     manifest = ShardedManifest.load(sharded_dir)
     assert manifest.doc_count == N_DOCS == single.manifest.doc_count
     assert manifest.corpus["fingerprint"] == single.manifest.corpus["fingerprint"]
     assert manifest.assignment["n_shards"] == N_SHARDS
     seen: list[str] = []
     for i, shard_dir in enumerate(manifest.shard_dirs(sharded_dir)):
-        shard = Engine.load(shard_dir, retrievers=[])  # a shard is an ordinary index directory
+        shard = LocalIndex.open(shard_dir, retrievers=[])  # a shard is an ordinary index directory
         try:
-            ids = list(shard.docstore.external_ids())
+            ids = list(shard.external_ids)
             assert ids and all(shard_of(d, N_SHARDS) == i for d in ids)
             assert shard.manifest.retrievers == ["bm25", "sparse", "dense"]
             seen += ids
@@ -166,7 +169,7 @@ def test_sharded_build_is_a_complete_partition(sharded_dir: Path, single: Engine
     ("hybrid", {"retrievers": ["sparse", "dense"], "dense": {"ef_search": 200}}),  # knobs reach the shards
 ])
 def test_sharded_equals_single_node(
-    sharded: ShardedEngine, single: Engine, queries: list[str], mode: str, extra: dict
+    sharded: Engine, single: Engine, queries: list[str], mode: str, extra: dict
 ) -> None:
     for q in queries:
         got, want = sharded.search(_request(q, mode, **extra)), single.search(_request(q, mode, **extra))
@@ -177,7 +180,7 @@ def test_sharded_equals_single_node(
                 assert (g.title, g.metadata) == (w.title, w.metadata)
 
 
-def test_bm25_and_three_way_hybrid_cover_every_shard(sharded: ShardedEngine, single: Engine) -> None:
+def test_bm25_and_three_way_hybrid_cover_every_shard(sharded: Engine, single: Engine) -> None:
     """BM25 scores use per-shard statistics (documented); the scatter still covers every shard."""
     request = _request("protein cells", "bm25", k=N_DOCS)
     got, want = sharded.search(request), single.search(request)
@@ -188,13 +191,13 @@ def test_bm25_and_three_way_hybrid_cover_every_shard(sharded: ShardedEngine, sin
 
 
 def test_filters_and_documents_go_to_the_owning_shards(
-    sharded: ShardedEngine, single: Engine, queries: list[str]
+    sharded: Engine, single: Engine, queries: list[str]
 ) -> None:
     request = _request(queries[2], "hybrid", retrievers=["sparse", "dense"], filters={"group": 1})
     got, want = sharded.search(request), single.search(request)
     assert got.hits and all(h.metadata["group"] == 1 for h in got.hits)
     assert_same_up_to_ties(got, want)
-    doc = single.docstore.get([0])[0]
+    doc = single.backend.docstore.get([0])[0]
     assert sharded.document(doc.id).title == doc.title
     with pytest.raises(NotFoundError):
         sharded.document("no-such-id")
@@ -203,7 +206,7 @@ def test_filters_and_documents_go_to_the_owning_shards(
 
 
 # -- serving: faults --------------------------------------------------------------------------------
-def test_killed_shard_actor_gives_partial_results_then_recovers(sharded: ShardedEngine, queries: list[str]) -> None:
+def test_killed_shard_actor_gives_partial_results_then_recovers(sharded: Engine, queries: list[str]) -> None:
     import ray
 
     request = _request(queries[0], "dense")
@@ -218,7 +221,7 @@ def test_killed_shard_actor_gives_partial_results_then_recovers(sharded: Sharded
 
 
 def test_lost_worker_node_gives_partial_results_within_the_deadline_then_recovers(
-    ray_cluster: LocalCluster, sharded: ShardedEngine, queries: list[str]
+    ray_cluster: LocalCluster, sharded: Engine, queries: list[str]
 ) -> None:
     import ray
 
@@ -245,11 +248,11 @@ def test_a_replica_takes_over_when_one_dies(
 ) -> None:
     import ray
 
-    engine = ShardedEngine.connect(sharded_dir, address=ray_cluster.address, replicas=2, deadline_s=DEADLINE_S)
+    engine = connect_sharded(sharded_dir, address=ray_cluster.address, replicas=2, deadline_s=DEADLINE_S)
     try:
         request = _request(queries[2], "dense")
         full = engine.search(request)
-        for reps in engine.shards.replicas:
+        for reps in engine.backend.shards.replicas:
             ray.kill(reps[0].handle, no_restart=False)
         answer = engine.search(request)  # every first choice is gone; the twins answer
         assert not answer.partial

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trident_search.service import fusion
-from trident_search.service.engine import Engine
-from trident_search.service.errors import IndexLoadError, InvalidRequestError, NotFoundError
-from trident_search.service.schemas import SearchRequest
+from trident_search.core import fusion
+from trident_search.core.engine import Engine
+from trident_search.core.tuned import TunedFusion
+from trident_search.errors import IndexLoadError, InvalidRequestError, NotFoundError
+from trident_search.core.schemas import SearchRequest
 from service_fixture import metadata
 
 QUERY = "vitamin D deficiency and bone density"
@@ -60,14 +61,15 @@ def test_load_rejects_missing_and_damaged_files(index_dir: Path, tmp_path: Path)
 # -- composition -----------------------------------------------------------------------------
 def test_single_modes_return_the_retrievers_own_ranking(engine: Engine) -> None:
     resp = engine.search(SearchRequest(query=QUERY, mode="bm25", k=10))
-    direct = engine.bm25.search(QUERY, 10)
+    direct = engine.backend.parts["bm25"].index.search(QUERY, 10)
     assert ids(resp) == [h.docid for h in direct]
     assert [h.score for h in resp.hits] == pytest.approx([h.score for h in direct])
     assert resp.fusion is None and resp.retrievers == ["bm25"]
 
     resp = engine.search(SearchRequest(query=QUERY, mode="dense", k=5))
-    d_ids, d_scores = engine.dense.search(engine.dense_encoder.encode_queries([QUERY]), 5)
-    assert ids(resp) == engine.docstore.external_ids()[d_ids[0]].tolist()
+    index = engine.backend
+    d_ids, d_scores = index.parts["dense"].index.search(index.encoders["dense"].encode(QUERY), 5)
+    assert ids(resp) == index.external_ids[d_ids[0]].tolist()
     assert [h.score for h in resp.hits] == pytest.approx(d_scores[0].tolist(), abs=1e-6)
 
 
@@ -75,8 +77,8 @@ def test_hybrid_is_the_fusion_of_the_retrievers_lists(engine: Engine) -> None:
     names = engine.retrievers
     req = SearchRequest(query=QUERY, k=10, fusion={"method": "rrf", "rrf_k": 60})
     resp = engine.search(req)
-    runs = engine.retrieve(QUERY, names, {r: 100 for r in names})
-    expected = fusion.rrf({r: runs[r].hits for r in names}, k=60)
+    runs = engine.runs(QUERY, 100, names)
+    expected = fusion.rrf(runs, k=60)
     assert ids(resp) == [h.docid for h in expected[:10]]
     assert [h.score for h in resp.hits] == pytest.approx([h.score for h in expected[:10]])
     assert resp.fusion.method == "rrf" and resp.fusion.source == "request"
@@ -178,7 +180,7 @@ def test_manifest_fusion_defaults_are_used(engine: Engine, monkeypatch: pytest.M
     tuned = {"method": "interpolation",
              "interpolation": {"weights": {"bm25": 0.2, "dense": 0.8}, "normalization": "zscore"},
              "rrf": {"weights": {"bm25": 2.0}, "rrf_k": 7}}
-    monkeypatch.setitem(engine.manifest.extra, "fusion", tuned)
+    monkeypatch.setattr(engine, "tuned", TunedFusion.model_validate(tuned))
     resp = engine.search(SearchRequest(query=QUERY, retrievers=["bm25", "dense"]))
     assert resp.fusion.source == "manifest"
     assert (resp.fusion.method, resp.fusion.normalization) == ("interpolation", "zscore")

@@ -27,7 +27,7 @@ from trident_search.eval.tuning import (
 )
 from trident_search.indexers.hits import Hit
 from trident_search.indexers.manifest import Manifest
-from trident_search.service.fusion import fuse
+from trident_search.core.fusion import fuse
 
 
 def log2(x: float) -> float:
@@ -167,7 +167,7 @@ def test_tuning_picks_the_known_best_weight() -> None:
 
 
 def test_tuning_fuses_exactly_like_the_engine() -> None:
-    """The vectorised grid must score each point as trident_search.service.fusion.fuse ranks it."""
+    """The vectorised grid must score each point as trident_search.core.fusion.fuse ranks it."""
     runs, qrels = _constructed_runs()
     points = [
         FusionSettings("rrf", {"good": 0.3, "noise": 0.7}, rrf_k=10.0),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trident_search.indexers.hits import Hit
-from trident_search.service.fusion import (
+from trident_search.core.fusion import (
     FusionError,
     fuse,
     interpolate,

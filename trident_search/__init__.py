@@ -37,7 +37,10 @@ _LAZY = {
     "BuildConfig": "trident_search.indexers.build",
     "TridentError": "trident_search.errors",
 }
-__all__ = [*sorted(_LAZY), "__version__"]
+__all__ = [
+    "BuildConfig", "SearchRequest", "SearchResponse", "Searcher", "TridentError", "__version__",
+    "build_index", "fuse", "interpolate", "rrf",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,24 +6,25 @@ Limits that an operator configures (``max_k``, ``max_depth``, ...) are checked b
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
+    create_model,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
-    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
 
-Retriever = Literal["bm25", "sparse", "dense"]
-RETRIEVERS: tuple[Retriever, ...] = ("bm25", "sparse", "dense")
-Mode = Literal["bm25", "sparse", "dense", "hybrid"]
+from trident_search.indexers.retriever import RetrieverOptions, get, registered
+
 FusionMethod = Literal["rrf", "interpolation"]
 Normalization = Literal["minmax", "zscore", "none"]
 
@@ -49,53 +50,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RetrieverOptions(_Strict):
-    """Per-retriever settings for one request.
-
-    ``depth`` and ``weight`` apply to every retriever. The index knobs belong to one retriever each:
-    sparse ``exact``, ``query_cut``, ``heap_factor``; dense ``ef_search``, ``nprobe``. Unset knobs
-    take the index's own defaults; a knob sent to another retriever is a 422 naming it.
-    """
-
-    depth: int | None = Field(
-        None, ge=1, description="Hits this retriever returns before fusion (default 100, at least offset + k)."
-    )
-    weight: FiniteFloat | None = Field(
-        None, ge=0, le=1e6, description="Fusion weight; default from the index manifest (tuned), else 1.0."
-    )
-    exact: bool = Field(
-        False, description="Sparse only: score every document exactly (brute force) instead of the "
-        "approximate block-pruned search; the ground truth for its recall, and slower."
-    )
-    query_cut: StrictInt | None = Field(
-        None, ge=1, le=4096, description="Sparse only: traverse the lists of just this many heaviest "
-        "query terms (default from the index). Higher is more exact and slower."
-    )
-    heap_factor: FiniteFloat | None = Field(
-        None, ge=0, le=1, description="Sparse only: skip a block whose upper bound is below "
-        "heap_factor x the k-th best score so far (default from the index); 0 skips nothing, 1 the most."
-    )
-    ef_search: StrictInt | None = Field(
-        None, ge=1, le=100_000, description="Dense HNSW only: candidates kept while walking the graph "
-        "(default from the index). Higher is more exact and slower; other index types ignore it."
-    )
-    nprobe: StrictInt | None = Field(
-        None, ge=1, le=65_536, description="Dense IVF only: inverted lists visited per query (default "
-        "from the index). Higher is more exact and slower; other index types ignore it."
-    )
-
-    def tuning(self) -> dict[str, Any]:
-        """The retriever's own search knobs that were set, as keyword arguments for its index."""
-        return {name: getattr(self, name) for name in _TUNING if getattr(self, name) is not None}
-
-
-# Which retriever each per-request knob belongs to; the others reject it.
-_OWNER: dict[str, Retriever] = {
-    "exact": "sparse", "query_cut": "sparse", "heap_factor": "sparse", "ef_search": "dense", "nprobe": "dense",
-}
-_TUNING = ("query_cut", "heap_factor", "ef_search", "nprobe")
-
-
 class FusionOptions(_Strict):
     """How the retrievers' lists are combined in hybrid mode; unset fields take the index defaults."""
 
@@ -110,11 +64,13 @@ class FusionOptions(_Strict):
     )
 
 
-class SearchRequest(_Strict):
-    """One search. ``mode=hybrid`` fuses every retriever the index has, or those in ``retrievers``."""
+class SearchRequestBase(_Strict):
+    """The fields every search has. The model the API uses, :func:`search_request_model`, adds one
+    options field per registered retriever (``{"dense": {"weight": 0.7, "depth": 200}}``)."""
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"query": "vitamin D and bone density", "mode": "hybrid", "k": 5},
@@ -132,15 +88,12 @@ class SearchRequest(_Strict):
     )
 
     query: str = Field(..., min_length=1, description="Free-text query.")
-    mode: Mode = "hybrid"
-    retrievers: list[Retriever] | None = Field(
+    mode: str = Field("hybrid", description="One retriever's name, or `hybrid` to fuse several.")
+    retrievers: list[str] | None = Field(
         None, min_length=1, description="Hybrid mode only: fuse just these retrievers."
     )
     k: int = Field(10, ge=1, description="Number of results to return.")
     offset: int = Field(0, ge=0, description="Results to skip, for pagination (stable: ties break by id).")
-    bm25: RetrieverOptions | None = None
-    sparse: RetrieverOptions | None = None
-    dense: RetrieverOptions | None = None
     fusion: FusionOptions = Field(default_factory=FusionOptions)
     filters: dict[str, FilterValue] = Field(
         default_factory=dict,
@@ -178,35 +131,69 @@ class SearchRequest(_Strict):
 
     @field_validator("retrievers")
     @classmethod
-    def _unique(cls, v: list[Retriever] | None) -> list[Retriever] | None:
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and len(set(v)) != len(v):
             raise ValueError("retrievers must not repeat")
         return v
 
-    @field_validator("bm25", "sparse", "dense")
-    @classmethod
-    def _knobs_fit_the_retriever(cls, v: RetrieverOptions | None, info: ValidationInfo) -> RetrieverOptions | None:
-        """A knob sent to a retriever that has no such knob is an error, not silently ignored."""
-        if v is None:
-            return v
-        for knob in sorted(v.model_fields_set & _OWNER.keys()):
-            value = getattr(v, knob)
-            if _OWNER[knob] != info.field_name and value is not None and value is not False:
+    def options(self, retriever: str) -> RetrieverOptions:
+        """This request's options for one retriever (the retriever's defaults when none were given)."""
+        given = getattr(self, retriever, None)
+        return given if given is not None else get(retriever).options()
+
+
+def _knobs_fit_the_retriever(value: Any, info: ValidationInfo) -> Any:
+    """A knob sent to a retriever that lacks it is named, with the retriever that has it."""
+    if isinstance(value, dict):
+        specs = registered()
+        own = specs[info.field_name].options.model_fields  # type: ignore[index]
+        for knob in value:
+            owner = next((o for o, r in specs.items() if knob in r.options.model_fields), None)
+            if knob not in own and owner is not None:
                 raise ValueError(
-                    f"{info.field_name}.{knob} is not supported: {knob} applies to the {_OWNER[knob]} "
-                    f"retriever only; move it to \"{_OWNER[knob]}\": {{\"{knob}\": ...}}"
+                    f"{info.field_name}.{knob} is not supported: {knob} applies to the {owner} retriever "
+                    f'only; move it to "{owner}": {{"{knob}": ...}}'
                 )
-        return v
-
-    def options(self, retriever: Retriever) -> RetrieverOptions:
-        """This request's options for one retriever (empty when none were given)."""
-        return getattr(self, retriever) or RetrieverOptions()
+    return value
 
 
-class BatchSearchRequest(_Strict):
-    """Several searches in one call; each answer equals the one the single endpoint gives."""
+@lru_cache(maxsize=8)
+def _request_model(specs: tuple[tuple[str, type[RetrieverOptions]], ...]) -> type[SearchRequestBase]:
+    names = tuple(n for n, _ in specs)
+    mode = Literal[(*names, "hybrid")]  # type: ignore[valid-type]
+    name_type = Literal[names]  # type: ignore[valid-type]
+    fields: dict[str, Any] = {
+        "mode": (mode, Field("hybrid", description="One retriever, or `hybrid` to fuse several.")),
+        "retrievers": (list[name_type] | None, Field(  # type: ignore[valid-type]
+            None, min_length=1, description="Hybrid mode only: fuse just these retrievers.")),
+    }
+    for name, options in specs:
+        fields[name] = (options | None, Field(None, description=f"Options for the {name} retriever."))
+    validators = {"_knobs": field_validator(*names, mode="before")(_knobs_fit_the_retriever)}
+    return create_model("SearchRequest", __base__=SearchRequestBase, __module__=__name__,
+                        __validators__=validators, **fields)
 
-    requests: list[SearchRequest] = Field(..., min_length=1)
+
+def search_request_model() -> type[SearchRequestBase]:
+    """The request model for the retrievers registered now (rebuilt when the registry changes)."""
+    return _request_model(tuple((n, r.options) for n, r in registered().items()))
+
+
+def batch_request_model() -> type[BaseModel]:
+    request = search_request_model()
+    return create_model(
+        "BatchSearchRequest", __base__=_Strict, __module__=__name__,
+        requests=(list[request], Field(..., min_length=1)),  # type: ignore[valid-type]
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """``SearchRequest`` / ``BatchSearchRequest`` are built from the registry on first use."""
+    if name == "SearchRequest":
+        return search_request_model()
+    if name == "BatchSearchRequest":
+        return batch_request_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class RetrieverExplanation(BaseModel):
@@ -242,8 +229,8 @@ class FusionUsed(BaseModel):
 
 class SearchResponse(BaseModel):
     query: str
-    mode: Mode
-    retrievers: list[Retriever]
+    mode: str
+    retrievers: list[str]
     k: int
     offset: int
     total: int = Field(description="Candidates found before pagination (bounded by the depths).")
@@ -276,21 +263,7 @@ class DocumentResponse(BaseModel):
 class IndexInfo(BaseModel):
     path: str
     doc_count: int
-    retrievers: list[Retriever]
+    retrievers: list[str]
     default_fusion: dict[str, Any]
     query_encoders: dict[str, str] = Field(description="Retriever -> encoder name and backend.")
     manifest: dict[str, Any]
-
-
-class ErrorBody(BaseModel):
-    status: int
-    code: str
-    message: str
-    field: str | None = Field(None, description="Dotted path of the request field at fault, if one is.")
-    details: list[dict[str, Any]] = Field(default_factory=list)
-
-
-class ErrorResponse(BaseModel):
-    """The one envelope every 4xx/5xx answer uses."""
-
-    error: ErrorBody

@@ -1,0 +1,207 @@
+"""One index directory opened in this process: the retrieval backend and document source of a
+single-node :class:`~trident_search.core.engine.Engine`, and of each shard server in ``cluster/``.
+
+Retrievers come from the registry (``trident_search.indexers.retriever``); each answers in internal
+ids, which this module maps to external ids once, so fusion and users only ever see corpus ids.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trident_search.errors import IndexLoadError, InvalidRequestError, TridentError
+from trident_search.indexers.docstore import DocStore, FilterError, StoredDoc
+from trident_search.indexers.hits import Hit
+from trident_search.indexers.manifest import Manifest
+from trident_search.indexers.retriever import Part, QueryEncoder, RetrieverOptions, get
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieverCall:
+    """What one retriever is asked for in one search."""
+
+    depth: int
+    options: RetrieverOptions
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieverRun:
+    """One retriever's hits (external ids, best first) and how long its stages took (ms)."""
+
+    hits: list[Hit]
+    timings: dict[str, float]
+    warning: str | None = None
+
+
+@dataclass(slots=True)
+class Retrieved:
+    """Every run of one search, the shared stages' timings, and (sharded) what did not answer."""
+
+    runs: dict[str, RetrieverRun]
+    timings: dict[str, float] = field(default_factory=dict)
+    missing_shards: list[str] = field(default_factory=list)
+
+
+def ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+class LocalIndex:
+    """An opened index directory: docstore, one part and one query encoder per retriever.
+
+    Thread-safe: the retrievers of one query run concurrently on a small pool (Lucene, FAISS, ONNX
+    Runtime and the numba kernels release the GIL), so hybrid latency is close to the slowest
+    retriever's rather than the sum.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, docstore: DocStore, parts: dict[str, Part],
+                 encoders: dict[str, QueryEncoder], *, threads: int = 3) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.docstore = docstore
+        self.parts = parts
+        self.encoders = encoders
+        self.retrievers = list(parts)
+        self.external_ids = docstore.external_ids()
+        # The calling thread runs one retriever itself, so the pool needs one thread fewer.
+        self._pool = ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="trident-retriever")
+
+    @classmethod
+    def open(cls, index_dir: str | Path, *, query_backend: str = "onnx", threads: int = 3,
+             retrievers: Sequence[str] | None = None) -> LocalIndex:
+        """Open a directory written by ``trident index build``; :class:`IndexLoadError` says what is wrong."""
+        path = Path(index_dir)
+        if not path.is_dir():
+            raise IndexLoadError(f"no index at {path}: the folder does not exist")
+        manifest = Manifest.load(path)
+        check_files(path, manifest.files)
+        wanted = list(manifest.retrievers if retrievers is None else retrievers)
+        missing = [r for r in wanted if r not in manifest.retrievers]
+        if missing:
+            raise IndexLoadError(f"index {path} has no {', '.join(missing)} retriever (it has "
+                                 f"{', '.join(manifest.retrievers)})")
+        docstore = DocStore.open(path / "docs.sqlite")
+        external = docstore.external_ids()
+        parts: dict[str, Part] = {}
+        encoders: dict[str, QueryEncoder] = {}
+        try:
+            for name in wanted:
+                spec = get(name)
+                parts[name] = spec.open(path / name, manifest, external_ids=external)
+                encoders[name] = spec.query_encoder(manifest, backend=query_backend)
+                _check_revision(name, encoders[name], manifest)
+        except BaseException as exc:
+            for part in parts.values():
+                part.close()
+            docstore.close()
+            if isinstance(exc, TridentError):
+                raise
+            if isinstance(exc, Exception):  # each part raises its own error; name the index and the fix
+                raise IndexLoadError(f"cannot load {path}: {exc}") from exc
+            raise
+        log.info("opened %s: %d documents, retrievers %s, query backend %s", path, manifest.doc_count,
+                 ", ".join(parts), query_backend)
+        return cls(path, manifest, docstore, parts, encoders, threads=threads)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for part in self.parts.values():
+            part.close()
+        for enc in self.encoders.values():
+            enc.close()
+        self.docstore.close()
+
+    # -- retrieval --------------------------------------------------------------------------------
+    def mask(self, filters: Mapping[str, Any]) -> np.ndarray | None:
+        """The filters as a bool mask over internal ids (None when every document passes)."""
+        if not filters:
+            return None
+        try:
+            mask = self.docstore.matching(dict(filters))
+        except FilterError as exc:
+            raise InvalidRequestError(str(exc), field="filters") from None
+        # A filter every document passes costs nothing downstream.
+        return None if mask.all() else mask
+
+    def encode(self, query: str, names: Sequence[str]) -> dict[str, Any]:
+        """Query encodings for ``names`` (the sharded router encodes once for every shard)."""
+        return {name: self.encoders[name].encode(query) for name in names}
+
+    def retrieve(self, query: str, calls: Mapping[str, RetrieverCall], filters: Mapping[str, Any],
+                 *, vectors: Mapping[str, Any] | None = None) -> Retrieved:
+        """Run the retrievers concurrently; each returns its top ``depth`` allowed documents.
+
+        ``vectors`` are encodings made by the caller; retrievers without one encode the query here.
+        """
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        allowed = self.mask(filters)
+        if filters:
+            timings["filter"] = ms_since(start)
+        given = vectors or {}
+        tasks: dict[str, Callable[[], RetrieverRun]] = {
+            name: (lambda n=name: self._run_one(n, query, calls[n], allowed, given.get(n))) for name in calls
+        }
+        names = list(tasks)
+        futures: dict[str, Future[RetrieverRun]] = {n: self._pool.submit(tasks[n]) for n in names[1:]}
+        runs = {names[0]: tasks[names[0]]()} if names else {}
+        for n, fut in futures.items():
+            runs[n] = fut.result()
+        return Retrieved({n: runs[n] for n in names}, timings)
+
+    def _run_one(self, name: str, query: str, call: RetrieverCall, allowed: np.ndarray | None,
+                 encoded: Any) -> RetrieverRun:
+        timings: dict[str, float] = {}
+        if encoded is None:
+            start = time.perf_counter()
+            encoded = self.encoders[name].encode(query)
+            timings[f"encode_{name}"] = ms_since(start)
+        start = time.perf_counter()
+        res = self.parts[name].search(encoded, call.depth, allowed=allowed, options=call.options)
+        timings[name] = ms_since(start)
+        ext = self.external_ids[res.ids]
+        hits = [Hit(str(d), float(s)) for d, s in zip(ext, res.scores.tolist(), strict=True)]
+        return RetrieverRun(hits, timings, res.warning)
+
+    # -- documents ----------------------------------------------------------------------------------
+    def fetch(self, ids: Sequence[str]) -> list[StoredDoc]:
+        """Stored documents for external ids, in order."""
+        return self.docstore.get(self.docstore.internal_ids(list(ids))) if ids else []
+
+    def document(self, doc_id: str) -> StoredDoc | None:
+        return self.docstore.get_by_external(doc_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "doc_count": self.manifest.doc_count,
+            "query_encoders": {n: e.description for n, e in self.encoders.items()},
+            "manifest": self.manifest.to_dict(),
+        }
+
+
+def _check_revision(name: str, encoder: QueryEncoder, manifest: Manifest) -> None:
+    built = manifest.models.get(name, {}).get("revision")
+    revision = getattr(getattr(encoder, "encoder", None), "revision", None)
+    if built and revision and revision != built:
+        log.warning("%s query encoder is revision %s, the index was built with %s; rankings may suffer",
+                    name, revision, built)
+
+
+def check_files(root: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Every file the manifest lists exists with its recorded size (checksums: `trident index info --verify`)."""
+    for rel, meta in files.items():
+        p = root / rel
+        if not p.is_file():
+            raise IndexLoadError(f"index {root} is incomplete: {rel} is missing; rebuild it")
+        if p.stat().st_size != meta.get("size"):
+            raise IndexLoadError(f"index {root} is damaged: {rel} has size {p.stat().st_size}, "
+                                 f"manifest says {meta.get('size')}; rebuild it")

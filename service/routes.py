@@ -1,0 +1,250 @@
+"""One router per resource: search, documents, index, ops.
+
+Request models come from the retriever registry (``core.schemas.search_request_model``), so a
+registered retriever shows up in the POST body, the GET parameters and the OpenAPI document with no
+change here. (No ``from __future__ import annotations``: the routes are annotated with models built
+at app creation, which FastAPI must see as objects, not strings.)
+"""
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, ValidationError, create_model
+from starlette.concurrency import run_in_threadpool
+
+from trident_search.core.schemas import (
+    BatchSearchResponse,
+    DocumentResponse,
+    IndexInfo,
+    SearchRequestBase,
+    SearchResponse,
+    batch_request_model,
+    search_request_model,
+)
+from trident_search.errors import InvalidRequestError
+from trident_search.indexers.retriever import registered
+from trident_search.service.errors import ErrorResponse
+from trident_search.service.metrics import Metrics
+from trident_search.settings import Settings
+
+
+class SearchEngine(Protocol):
+    """What the routes need from an engine (``trident_search.core.engine.Engine``, or a test double)."""
+
+    retrievers: list[str]
+
+    def search(self, request: SearchRequestBase) -> SearchResponse: ...
+    def search_batch(self, requests: Sequence[SearchRequestBase]) -> list[SearchResponse]: ...
+    def document(self, doc_id: str) -> DocumentResponse: ...
+    def info(self) -> IndexInfo: ...
+    def close(self) -> None: ...
+
+
+EngineDep = Callable[[Request], SearchEngine]
+
+
+def check_limits(req: SearchRequestBase, settings: Settings, prefix: str = "") -> None:
+    """Operator-configured limits; each violation is a 422 naming the field and the limit."""
+    s = settings.search
+    checks: list[tuple[str, int, int, str]] = [
+        ("query", len(req.query), s.max_query_chars, "TRIDENT_MAX_QUERY_CHARS characters"),
+        ("k", req.k, s.max_k, "TRIDENT_MAX_K"),
+        ("offset", req.offset, s.max_offset, "TRIDENT_MAX_OFFSET"),
+    ]
+    for name in registered():
+        depth = getattr(getattr(req, name, None), "depth", None)
+        if depth is not None:
+            checks.append((f"{name}.depth", depth, s.max_depth, "TRIDENT_MAX_DEPTH"))
+    for field, value, limit, setting in checks:
+        if value > limit:
+            raise InvalidRequestError(
+                f"{prefix}{field} is {value}, over the limit of {limit} ({setting})", field=f"{prefix}{field}"
+            )
+
+
+def _json(model: BaseModel) -> Response:
+    """Serialise an engine-built response directly: it is a validated model already, and FastAPI
+    would validate it again against ``response_model`` (which stays declared for the docs)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def get_params_model(settings: Settings) -> type[BaseModel]:
+    """The GET /v1/search parameters: the POST fields, flattened (``dense_weight``, ``sparse_query_cut``)."""
+    specs = registered()
+    names = tuple(specs)
+    s = settings.search
+    fields: dict[str, Any] = {
+        "q": (str, Field(..., min_length=1, max_length=s.max_query_chars, description="Free-text query.")),
+        "mode": (Literal[(*names, "hybrid")], "hybrid"),  # type: ignore[valid-type]
+        "k": (int, Field(10, ge=1, le=s.max_k)),
+        "offset": (int, Field(0, ge=0, le=s.max_offset)),
+        "retrievers": (str | None, Field(None, description="Hybrid: comma-separated subset, e.g. `bm25,dense`.")),
+        "fusion": (Literal["rrf", "interpolation"] | None, None),
+        "rrf_k": (float | None, Field(None, ge=0, le=1e6)),
+        "normalization": (Literal["minmax", "zscore", "none"] | None, None),
+        "filters": (str | None, Field(None, description='Metadata filters as JSON, e.g. `{"year": 2020}`.')),
+        "explain": (bool, False),
+        "include_text": (bool, True),
+    }
+    for name, spec in specs.items():
+        for field, info in spec.options.model_fields.items():
+            copied = Field(None, description=f"{name}: {info.description or field}",
+                           json_schema_extra=None, **_bounds(info))
+            if field == "depth":
+                copied = Field(None, ge=1, le=s.max_depth, description=f"{name}: {info.description}")
+            fields[f"{name}_{field}"] = (info.annotation, copied)
+    return create_model("SearchParams", __config__={"extra": "forbid"}, **fields)
+
+
+def _bounds(info: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for meta in info.metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            if getattr(meta, key, None) is not None:
+                out[key] = getattr(meta, key)
+    return out
+
+
+def _from_get(params: BaseModel) -> dict[str, Any]:
+    """The POST body equal to a GET request's parameters."""
+    p = params.model_dump()
+    filters: Any = {}
+    if p["filters"]:
+        try:
+            filters = json.loads(p["filters"])
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(f"filters is not valid JSON: {exc.msg}", field="filters") from None
+    body: dict[str, Any] = {
+        "query": p["q"], "mode": p["mode"], "k": p["k"], "offset": p["offset"], "filters": filters,
+        "explain": p["explain"], "include_text": p["include_text"],
+        "fusion": {n: p[g] for n, g in (("method", "fusion"), ("rrf_k", "rrf_k"),
+                                        ("normalization", "normalization")) if p[g] is not None},
+    }
+    if p["retrievers"]:
+        body["retrievers"] = [r.strip() for r in p["retrievers"].split(",") if r.strip()]
+    for name, spec in registered().items():
+        opts = {f: p[f"{name}_{f}"] for f in spec.options.model_fields if p[f"{name}_{f}"] is not None}
+        if opts:
+            body[name] = opts
+    return body
+
+
+def _get_param(field: str | None) -> str | None:
+    """Name a SearchRequest field the way the GET endpoint's parameters spell it."""
+    if field is None:
+        return None
+    if field == "query":
+        return "q"
+    if field == "fusion.method":
+        return "fusion"
+    head, _, tail = field.partition(".")
+    if head == "fusion":
+        return tail
+    if head in registered() and tail:
+        return f"{head}_{tail}"
+    return head if head in {"filters", "retrievers"} else field
+
+
+def search_router(settings: Settings, engine_of: EngineDep, metrics: Metrics,
+                  validation_details: Callable[..., list[dict[str, Any]]]) -> APIRouter:
+    SearchRequest = search_request_model()
+    BatchSearchRequest = batch_request_model()
+    SearchParams = get_params_model(settings)
+    router = APIRouter(tags=["search"])
+
+    async def run_search(body: SearchRequestBase, request: Request) -> Response:
+        engine = engine_of(request)
+        check_limits(body, settings)
+        resp = await run_in_threadpool(engine.search, body)
+        metrics.observe_search(resp)
+        return _json(resp)
+
+    @router.post("/search", response_model=SearchResponse)
+    async def search(body: SearchRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        """Search with any retriever or a fusion of them; see the request schema for every option."""
+        return await run_search(body, request)
+
+    @router.get("/search", response_model=SearchResponse)
+    async def search_get(request: Request, params: Annotated[SearchParams, Query()]) -> Response:  # type: ignore[valid-type]
+        """The same search as POST, from query parameters (convenient for curl and browsers)."""
+        try:
+            body = SearchRequest.model_validate(_from_get(params))
+        except ValidationError as exc:
+            details = validation_details(exc.errors(), rooted=False)
+            for d in details:
+                d["field"] = _get_param(d["field"])
+            first = details[0]
+            raise InvalidRequestError(
+                f"{first['message']} (parameter '{first['field']}')", field=first["field"]
+            ) from None
+        return await run_search(body, request)
+
+    @router.post("/search/batch", response_model=BatchSearchResponse)
+    async def search_batch(body: BatchSearchRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        """Several searches in one call; each result equals what `POST /v1/search` returns for it."""
+        engine = engine_of(request)
+        requests = body.requests  # type: ignore[attr-defined]
+        if len(requests) > settings.server.max_batch:
+            raise InvalidRequestError(
+                f"requests holds {len(requests)} searches, over the limit of {settings.server.max_batch} "
+                "(TRIDENT_MAX_BATCH)", field="requests")
+        for i, req in enumerate(requests):
+            check_limits(req, settings, prefix=f"requests.{i}.")
+        start = time.perf_counter()
+        results = await run_in_threadpool(engine.search_batch, requests)
+        for resp in results:
+            metrics.observe_search(resp)
+        total_ms = (time.perf_counter() - start) * 1e3
+        return _json(BatchSearchResponse(results=results, timings_ms={"total": total_ms}))
+
+    return router
+
+
+def documents_router(engine_of: EngineDep) -> APIRouter:
+    router = APIRouter(tags=["documents"])
+
+    @router.get("/documents/{doc_id:path}", response_model=DocumentResponse,
+                responses={404: {"model": ErrorResponse, "description": "No such document."}})
+    async def get_document(doc_id: str, request: Request) -> DocumentResponse:
+        """One stored document by its corpus `_id`."""
+        return await run_in_threadpool(engine_of(request).document, doc_id)
+
+    return router
+
+
+def index_router(engine_of: EngineDep) -> APIRouter:
+    router = APIRouter(tags=["index"])
+
+    @router.get("/index", response_model=IndexInfo)
+    async def index_info(request: Request) -> IndexInfo:
+        """The loaded index: manifest, document count, retrievers, default fusion, query encoders."""
+        return engine_of(request).info()
+
+    return router
+
+
+def ops_router(settings: Settings, engine_of: EngineDep, metrics: Metrics) -> APIRouter:
+    from trident_search.service.metrics import CONTENT_TYPE
+
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers (whether or not an index is loaded)."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(request: Request) -> dict[str, str]:
+        """Readiness: 200 only once the index is loaded and searchable."""
+        engine_of(request)
+        return {"status": "ready", "index": str(settings.server.index)}
+
+    @router.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus text format: requests, latency per route, per search stage and mode, errors."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
