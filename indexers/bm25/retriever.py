@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from trident_search.indexers.bm25._index import FIELDS, MAX_QUERY_TERMS, BM25Index
+from trident_search.errors import IndexLoadError
+from trident_search.indexers.bm25._format import FIELDS
+from trident_search.indexers.bm25._search import MAX_QUERY_TERMS, BM25Index
+from trident_search.indexers.bm25._stats import GlobalStats
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.manifest import Manifest
 from trident_search.indexers.retriever import (
@@ -22,23 +25,41 @@ from trident_search.indexers.retriever import (
 
 
 class BM25Part(Part):
-    """A loaded Lucene index answering in internal ids (hits map back through the docstore's ids)."""
+    """A loaded Lucene index answering in internal ids.
+
+    Lucene doc ids map to internal ids through one int64 array made at open (each Lucene doc's
+    stored ``id`` looked up once in the docstore's external ids), so a search builds no per-hit
+    objects. For one shard of a sharded index, :meth:`set_global_stats` makes it score as the
+    single-node index would.
+    """
 
     def __init__(self, index: BM25Index, external_ids: np.ndarray) -> None:
         self.index = index
         self._external = external_ids
-        self._internal = {str(ext): i for i, ext in enumerate(external_ids.tolist())}
+        internal = {str(ext): i for i, ext in enumerate(external_ids.tolist())}
+        try:
+            self._internal = np.fromiter((internal[d] for d in index.lucene_ids.tolist()), np.int64,
+                                         index.lucene_ids.size)
+        except KeyError as exc:
+            raise IndexLoadError(f"the BM25 index at {index.path} holds document {exc.args[0]!r}, "
+                                 "which the docstore does not; rebuild the index") from None
 
     def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
                options: RetrieverOptions) -> Results:
         filter_ids = None if allowed is None else self._external[allowed].tolist()
-        hits = self.index.search(query, depth, filter_ids=filter_ids)
+        docs, scores = self.index.search_docs(query, depth, filter_ids=filter_ids)
         warning = None
         if self.index.prepare(query).truncated:
             warning = f"bm25: the query was cut to its first {MAX_QUERY_TERMS} terms"
-        ids = np.fromiter((self._internal[h.docid] for h in hits), np.int64, len(hits))
-        scores = np.fromiter((h.score for h in hits), np.float32, len(hits))
-        return Results(ids, scores, warning)
+        return Results(self._internal[docs], scores.astype(np.float32, copy=False), warning)
+
+    def local_stats(self) -> bytes:
+        """This shard's BM25 statistics (one part of a :class:`GlobalStats`)."""
+        return self.index.local_stats()
+
+    def set_global_stats(self, stats: GlobalStats | None) -> None:
+        """Score with the statistics of every shard (None: this index's own again)."""
+        self.index.set_global_stats(stats)
 
     def close(self) -> None:
         self.index.close()
@@ -50,13 +71,23 @@ class BM25Retriever(Retriever):
     name = "bm25"
     description = "BM25 over Lucene (Anserini's BEIR settings)"
 
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Fail before any build work on a parameter ``write`` would reject."""
+        unknown = sorted(set(params) - {"fields", "threads"})
+        if unknown:
+            raise ValueError(f"unknown bm25 parameters {unknown}; valid: fields, threads")
+        if params.get("fields", "flat") not in FIELDS:
+            raise ValueError(f"bm25 fields must be one of {', '.join(FIELDS)}, got {params['fields']!r}")
+        threads = params.get("threads", 2)
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"bm25 threads must be a positive integer, got {threads!r}")
+
     def write(self, out: Path, ctx: BuildContext, *, docs: Callable[[], Iterator[Document]],
               chunks: Callable[[], Iterator[Any]] | None) -> dict[str, Any]:
+        self.check_params(ctx.params)
         fields = ctx.params.get("fields", "flat")
-        if fields not in FIELDS:
-            raise ValueError(f"bm25 fields must be one of {', '.join(FIELDS)}, got {fields!r}")
         threads = int(ctx.params.get("threads", 2))
-        BM25Index.build(docs(), out, fields=fields, threads=threads)
+        BM25Index.build((_indexable(d) for d in docs()), out, fields=fields, threads=threads)
         return {"fields": fields, "threads": threads}
 
     def query_encoder(self, manifest: Manifest, *, backend: str) -> QueryEncoder:
@@ -64,3 +95,12 @@ class BM25Retriever(Retriever):
 
     def open(self, path: Path, manifest: Manifest, *, external_ids: np.ndarray) -> Part:
         return BM25Part(BM25Index.load(path), external_ids)
+
+
+def _indexable(doc: Document) -> Document:
+    """An empty document (no title, no text) is valid, but Anserini drops a document whose contents
+    are blank. Give it a stop word instead: it is then indexed with no terms, so it never matches a
+    query and leaves the collection statistics (documents with the field, average length) as they are."""
+    if doc.title.strip() or doc.text.strip():
+        return doc
+    return Document(doc.id, "", "the", doc.metadata)

@@ -1,14 +1,8 @@
-"""BM25 over a Lucene index built and searched by Anserini, set up like its BEIR regressions.
+"""Searching a BM25 index: Lucene's ``IndexSearcher``, ranked as Anserini ranks, scored with global
+statistics when the index is one shard of many.
 
-Why it is built this way:
+Why it is searched this way:
 
-* **Same collection classes as the regressions.** We stream the corpus into JSONL shards and run
-  Anserini's ``IndexCollection`` with ``BeirFlatCollection`` ("flat": title and text joined into
-  ``contents``) or ``BeirMultifieldCollection`` ("multifield": ``title`` and ``contents`` = text as
-  separate fields), the default English analyzer (Porter stemmer, Lucene stop words), positions and
-  document vectors. So scores match Anserini's published BEIR runs instead of approximating them.
-  The indexer runs in a child JVM: a build can take the heap it needs and can never take the calling
-  process down with it. One shard per thread lets ``threads`` indexing threads work at once.
 * **Queries are bags of analysed terms, never parsed.** Anserini's ``BagOfWordsQueryGenerator`` runs
   the text through the analyzer and ORs the terms, so Lucene syntax (``AND``, ``title:x``, ``"``,
   ``*``...) is plain text and cannot raise. Multifield queries search ``contents`` and ``title`` with
@@ -31,26 +25,29 @@ Why it is built this way:
 Hits carry external ids (the corpus ``_id``), best first; the list position is the Lucene rank.
 Anserini's ``-removeQuery`` (dropping a hit whose id equals the query id) is an evaluation concern and
 lives in ``trident_search.eval.metrics`` (BEIR's ``ignore_identical_ids``), not here.
+* **Global statistics for shards** (:mod:`._stats`). The searcher is Trident's
+  ``trident.bm25.GlobalStatsSearcher`` (``java/``, shipped as ``lib/trident-bm25.jar``), an
+  ``IndexSearcher`` whose ``termStatistics``/``collectionStatistics`` hooks answer from statistics
+  summed over every shard once :meth:`BM25Index.set_global_stats` gave them; it then scores every
+  document exactly as the single-node index does. Without them it is Lucene's own searcher.
 """
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from numba import njit
 
-from trident_search.errors import IndexLoadError, TridentError
+from trident_search.errors import IndexLoadError
 from trident_search.indexers import jvm
+from trident_search.indexers.bm25 import _build
+from trident_search.indexers.bm25._format import PARAMS_FILE, read_params
+from trident_search.indexers.bm25._stats import GlobalStats
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.hits import Hit
 
@@ -63,18 +60,8 @@ Longer queries are cut after this many terms and :class:`PreparedQuery` says ``t
 keeps a multifield query (one clause per term and field) under Lucene's limit of 1024 clauses.
 """
 
-FIELDS = ("flat", "multifield")
-PARAMS_FILE = "trident-bm25.json"
-FORMAT_VERSION = 1
-_COLLECTIONS = {"flat": "BeirFlatCollection", "multifield": "BeirMultifieldCollection"}
 _MULTIFIELD_WEIGHTS = {"contents": 1.0, "title": 1.0}
-_INDEX_OPTIONS = ["-storePositions", "-storeDocvectors"]
-_SHARD_BLOCK = 1000  # documents written to one shard before moving to the next
 _MARGIN = 16  # hits fetched beyond k so a score tie at rank k is usually seen whole (else doubled)
-
-
-class IndexBuildError(TridentError, RuntimeError):
-    """The Lucene indexer failed or indexed fewer documents than it was given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,57 +90,14 @@ class BM25Index:
         self._generator = jvm.autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
         self._jfields = _java_fields() if fields == "multifield" else None
         self._lucene = _Lucene(path, k1, b)
+        self._global: GlobalStats | None = None
 
     # ---- building -------------------------------------------------------------------------------
 
-    @classmethod
-    def build(
-        cls, docs: Iterable[Document], out_dir: str | Path, *, fields: str = "flat", threads: int = 2
-    ) -> None:
-        """Index ``docs`` into the empty or new folder ``out_dir``.
-
-        ``fields="flat"`` indexes ``title + "\\n" + text`` as one field; ``"multifield"`` indexes
-        title and text separately (a document without text gets its title as text, because Anserini
-        would drop a document with an empty ``contents``). Memory stays bounded: documents stream to
-        temporary shards beside ``out_dir``, which are deleted afterwards.
-        """
-        if fields not in FIELDS:
-            raise ValueError(f"fields must be one of {FIELDS}, got {fields!r}")
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        out = Path(out_dir)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise IndexBuildError(f"{out} already exists and is not an empty folder; pick a new path")
-        existed = out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            with tempfile.TemporaryDirectory(prefix=".bm25-shards-", dir=out.parent) as tmp:
-                shards = Path(tmp, "input")
-                shards.mkdir()
-                count = _write_shards(docs, shards, threads, multifield=fields == "multifield")
-                if count == 0:
-                    raise IndexBuildError("no documents to index; the corpus is empty")
-                counters = _run_indexer(shards, out, fields, threads, Path(tmp, "indexer.log"))
-            if counters.get("indexed") != count:
-                raise IndexBuildError(
-                    f"Lucene indexed {counters.get('indexed')} of {count} documents "
-                    f"(counters: {counters})"
-                )
-        except BaseException:  # leave no half-written index behind (out was new or empty)
-            shutil.rmtree(out, ignore_errors=True)
-            if existed:
-                out.mkdir()
-            raise
-        params = {
-            "format": FORMAT_VERSION,
-            "fields": fields,
-            "documents": count,
-            "collection": _COLLECTIONS[fields],
-            "index_options": _INDEX_OPTIONS,
-            "anserini": jvm.fatjar().name,
-        }
-        (out / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
-        log.info("BM25 %s index of %d documents written to %s", fields, count, out)
+    @staticmethod
+    def build(docs: Iterable[Document], out_dir: str | Path, *, fields: str = "flat", threads: int = 2) -> None:
+        """Index ``docs`` into the empty or new folder ``out_dir`` (see :func:`._build.build`)."""
+        _build.build(docs, out_dir, fields=fields, threads=threads)
 
     # ---- loading --------------------------------------------------------------------------------
 
@@ -168,7 +112,7 @@ class BM25Index:
         root = Path(path)
         if not root.is_dir():
             raise IndexLoadError(f"no BM25 index at {root}: not a folder; build one first")
-        params = _read_params(root)
+        params = read_params(root)
         java_error = jvm.java_exception()  # starts the JVM (JavaNotFoundError if there is no Java)
         try:
             searcher = jvm.autoclass("io.anserini.search.SimpleSearcher")(str(root))
@@ -227,16 +171,31 @@ class BM25Index:
 
         Empty or all-stop-word queries, and an empty ``filter_ids``, give no hits.
         """
+        return self._hits(*self.search_docs(query, k, filter_ids=filter_ids))
+
+    def search_docs(
+        self, query: str, k: int = 10, *, filter_ids: Collection[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` as two arrays: Lucene doc ids (int64; ``lucene_ids[d]`` is the external
+        id) and scores (float32), best first, without building a :class:`Hit` per document."""
         _check_k(k)
         if isinstance(filter_ids, (str, bytes)):
             raise TypeError("filter_ids must be a collection of document ids, not a single string")
         text = self.prepare(query).text
         if not text or (filter_ids is not None and len(filter_ids) == 0):
-            return []
+            return np.empty(0, np.int64), np.empty(0, np.float32)
         lucene_query = self._query(text)
         if filter_ids is not None:
             lucene_query = _filtered(lucene_query, filter_ids)
         return self._lucene.top(lucene_query, k)
+
+    @property
+    def lucene_ids(self) -> np.ndarray:
+        """The external id of every Lucene doc id (a str array, read once at load)."""
+        return self._lucene.ids
+
+    def _hits(self, docs: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        return [Hit(str(i), float(s)) for i, s in zip(self._lucene.ids[docs], scores, strict=True)]
 
     def batch_search(
         self, queries: list[str], qids: list[str], k: int = 10, threads: int = 2
@@ -254,7 +213,7 @@ class BM25Index:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         out: dict[str, list[Hit]] = {qid: [] for qid in qids}
-        prepared = ((qid, self.prepare(query).text) for qid, query in zip(qids, queries))
+        prepared = ((qid, self.prepare(query).text) for qid, query in zip(qids, queries, strict=True))
         todo = [(qid, self._query(text)) for qid, text in prepared if text]
         if not todo:
             return out
@@ -272,10 +231,41 @@ class BM25Index:
             futures = pool.invokeAll(tasks).toArray()
         finally:
             pool.shutdown()
-        for (qid, lucene_query), future in zip(todo, futures):
-            hits = self._lucene.ranked(future.get(), k, k + _MARGIN)
-            out[qid] = hits if hits is not None else self._lucene.top(lucene_query, k)
+        for (qid, lucene_query), future in zip(todo, futures, strict=True):
+            ranked = self._lucene.ranked(future.get(), k, k + _MARGIN)
+            out[qid] = self._hits(*(ranked if ranked is not None else self._lucene.top(lucene_query, k)))
         return out
+
+    # ---- global statistics (sharded indexes) ----------------------------------------------------
+
+    def local_stats(self) -> bytes:
+        """This index's own statistics, one part of a :class:`GlobalStats` (see :mod:`._stats`)."""
+        return self._lucene.export_stats()
+
+    def set_global_stats(self, stats: GlobalStats | None) -> None:
+        """Score with ``stats`` (the parts of every shard, this one's included) from now on, or
+        with this index's own statistics again when ``stats`` is None.
+
+        Safe while searches run (the switch is one reference swap in Java). Call it again whenever
+        a shard changes. Raises ValueError when ``stats`` cannot include this index (a term or count
+        of this index above the sums): they are stale or from another index; gather them again.
+        """
+        if stats is None:
+            self._lucene.searcher.clearGlobalStats()
+            self._global = None
+            return
+        if not isinstance(stats, GlobalStats):
+            raise TypeError(f"stats must be GlobalStats or None, got {type(stats).__name__}")
+        try:
+            self._lucene.searcher.setGlobalStats(stats.packed())
+        except jvm.java_exception() as exc:
+            raise ValueError(f"cannot use these global statistics for {self.path}: {_java_message(exc)}") from None
+        self._global = stats
+
+    @property
+    def global_stats(self) -> GlobalStats | None:
+        """The global statistics in force, or None (this index's own)."""
+        return self._global
 
     # ---- internals ------------------------------------------------------------------------------
 
@@ -320,7 +310,8 @@ class _Lucene:
 
     Everything crossing into Python does so in bulk: the external ids once at load (one Java
     ``String[]``), then per search one ``int[]`` of Lucene doc ids and one ``double[]`` of scores.
-    Each array is produced by a chain of Java method handles, so no Java code of ours is needed.
+    Each array is produced by a chain of Java method handles. The searcher is our
+    ``GlobalStatsSearcher``, Lucene's ``IndexSearcher`` unchanged until global statistics are set.
     """
 
     def __init__(self, path: Path, k1: float, b: float):
@@ -330,11 +321,10 @@ class _Lucene:
         )
         self._reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
         try:
-            # (IndexReaderContext): jnius cannot pick the IndexReader constructor; they are the same.
-            searcher = autoclass("org.apache.lucene.search.IndexSearcher")(self._reader.getContext())
+            searcher = autoclass("trident.bm25.GlobalStatsSearcher")(self._reader)
             similarity = "org.apache.lucene.search.similarities.BM25Similarity"
             searcher.setSimilarity(autoclass(similarity)(float(k1), float(b)))
-            self._searcher = searcher
+            self.searcher = searcher
             self.ids = np.array(_stored_ids(self._reader), dtype=str)
         except BaseException:
             self._reader.close()
@@ -353,17 +343,21 @@ class _Lucene:
     def close(self) -> None:
         self._reader.close()
 
-    def top(self, query: Any, k: int) -> list[Hit]:
+    def export_stats(self) -> bytes:
+        return bytes(jvm.autoclass("trident.bm25.GlobalStatsSearcher").export(self._reader).tostring())
+
+    def top(self, query: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Anserini's top ``k`` for a Lucene query: fetch k + margin, more until the cut is clean."""
         n = k + _MARGIN
         while True:
-            hits = self.ranked(self._searcher.search(query, n), k, n)
-            if hits is not None:
-                return hits
+            ranked = self.ranked(self.searcher.search(query, n), k, n)
+            if ranked is not None:
+                return ranked
             n *= 2
 
-    def ranked(self, top_docs: Any, k: int, n: int) -> list[Hit] | None:
-        """Anserini's top ``k`` from Lucene's top ``n``, or None when n hits were too few to know.
+    def ranked(self, top_docs: Any, k: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Anserini's top ``k`` from Lucene's top ``n`` (Lucene doc ids, adjusted scores), or None
+        when n hits were too few to know.
 
         Lucene breaks score ties by its internal doc id, Anserini by external id; the two agree on
         the top k only if every document scoring as high as the k-th was fetched.
@@ -372,10 +366,8 @@ class _Lucene:
         scores = np.asarray(self._scores.apply(top_docs), dtype=np.float32)  # floats, exactly
         if len(docs) == n and n < self.ids.size and scores[-1] >= scores[k - 1]:
             return None
-        ids = self.ids[docs]
-        order = np.lexsort((ids, -scores))[:k]
-        adjusted = _adjust_ties(scores[order])
-        return [Hit(str(i), float(s)) for i, s in zip(ids[order], adjusted)]
+        order = np.lexsort((self.ids[docs], -scores))[:k]
+        return docs[order], _adjust_ties(scores[order])
 
 
 @njit(cache=True)
@@ -510,75 +502,3 @@ def _java_message(exc: Exception) -> str:
 def _utf16_prefix(text: str, units: int) -> str:
     """``text`` up to a Java (UTF-16 code unit) offset."""
     return text.encode("utf-16-le")[: 2 * units].decode("utf-16-le", "ignore")
-
-
-def _write_shards(docs: Iterable[Document], folder: Path, n: int, *, multifield: bool) -> int:
-    """Write docs as BEIR JSONL, in blocks spread over ``n`` shard files; return the count."""
-    files: list[IO[str]] = [
-        (folder / f"part-{i:05d}.jsonl").open("w", encoding="utf-8") for i in range(n)
-    ]
-    count = 0
-    try:
-        for count, doc in enumerate(docs, start=1):
-            text = doc.text if doc.text.strip() or not multifield else doc.title
-            record = {"_id": doc.id, "title": doc.title, "text": text}
-            files[((count - 1) // _SHARD_BLOCK) % n].write(
-                json.dumps(record, ensure_ascii=False) + "\n"
-            )
-    finally:
-        for fh in files:
-            fh.close()
-    return count
-
-
-def _run_indexer(shards: Path, out: Path, fields: str, threads: int, log_path: Path) -> dict[str, int]:
-    """Run Anserini's IndexCollection in a child JVM; return its final counters."""
-    heap = jvm.heap_size()
-    cmd = [
-        str(jvm.java_home() / "bin" / "java"),
-        f"-Xmx{heap}",
-        "-Dfile.encoding=UTF-8",
-        "-cp",
-        str(jvm.fatjar()),
-        "io.anserini.index.IndexCollection",
-        "-collection", _COLLECTIONS[fields],
-        "-generator", "DefaultLuceneDocumentGenerator",
-        "-input", str(shards),
-        "-index", str(out),
-        "-threads", str(threads),
-        "-memoryBuffer", str(max(16, _heap_mb(heap) // 4)),
-        *_INDEX_OPTIONS,
-        *(["-fields", "title"] if fields == "multifield" else []),
-    ]  # fmt: skip
-    log.info("running %s", " ".join(cmd))
-    with log_path.open("w+", encoding="utf-8", errors="replace") as out_log:
-        proc = subprocess.run(cmd, stdout=out_log, stderr=subprocess.STDOUT, env=jvm.java_env())
-        out_log.seek(0)
-        output = out_log.read()
-    if proc.returncode != 0:
-        tail = "\n".join(output.splitlines()[-20:])
-        raise IndexBuildError(f"Anserini IndexCollection exited with {proc.returncode}:\n{tail}")
-    counter = re.compile(r"^.*?\b(indexed|empty|skipped|errors|unindexable):\s+([\d,]+)\s*$", re.M)
-    return {name: int(value.replace(",", "")) for name, value in counter.findall(output)}
-
-
-def _heap_mb(heap: str) -> int:
-    scale = {"k": 1 / 1024, "m": 1, "g": 1024}.get(heap[-1].lower(), 1 / (1024 * 1024))
-    digits = heap if heap[-1].isdigit() else heap[:-1]
-    return int(int(digits) * scale)
-
-
-def _read_params(root: Path) -> dict[str, Any]:
-    path = root / PARAMS_FILE
-    if not path.is_file():
-        raise IndexLoadError(
-            f"{root} is not a BM25 index built by Trident ({PARAMS_FILE} is missing); rebuild it"
-        )
-    try:
-        params = json.loads(path.read_text(encoding="utf-8"))
-        if params["format"] != FORMAT_VERSION or params["fields"] not in FIELDS:
-            raise ValueError(f"format {params['format']!r}, fields {params['fields']!r}")
-        params["documents"] = int(params["documents"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IndexLoadError(f"{path} is unreadable ({exc}); rebuild the index") from None
-    return params
