@@ -6,8 +6,9 @@
 ``speed`` builds the corpus single-node in-process (the anchor) and sharded on a private local Ray
 for each shard count, then times the same queries (sequential, k=10) against the in-process
 single-node engine (anchor) and the sharded router. Ratios are against the anchors measured in the
-same run. ``quality`` measures what per-shard BM25 statistics cost: nDCG@10 / Recall@100 of
-BM25-only sharded indexes of a BEIR dataset against the single-node index.
+same run. ``quality`` checks that sharded BM25 equals single-node BM25: nDCG@10 / Recall@100 of
+BM25-only sharded indexes of a BEIR dataset (global statistics, ``cluster/bm25_stats.py``) against
+the single-node index, with the largest score difference and overlap over each query's top 10.
 
 Everything runs on one machine: all "nodes" share its CPUs, so sharding cannot speed anything up
 here; the numbers show Ray's fixed costs and the router's overhead per query.
@@ -63,13 +64,13 @@ def speed(args: argparse.Namespace) -> None:
     from trident_search.cluster.build import build_sharded
     from trident_search.cluster.runtime import connect
     from trident_search.cluster.serving import connect_sharded
-    from trident_search.indexers.build import BuildConfig, build_index
     from trident_search.core.engine import Engine
     from trident_search.core.schemas import SearchRequest
+    from trident_search.indexers.build import BuildConfig, build_index
 
     retrievers = tuple(args.retrievers.split(","))
     mode = retrievers[0] if len(retrievers) == 1 else "hybrid"
-    config = BuildConfig(retrievers=retrievers, bm25_threads=2)
+    config = BuildConfig(retrievers=retrievers, params={"bm25": {"threads": 2}})
     tmp = Path(tempfile.mkdtemp(prefix="tr-shards-"))
     try:
         corpus = _subset(args.corpus, args.limit, tmp)
@@ -95,7 +96,7 @@ def speed(args: argparse.Namespace) -> None:
                                encode_workers=args.encode_workers)
             build_s = time.perf_counter() - t0
             sharded = connect_sharded(tmp / f"sharded-{n}", address="local", deadline_s=10.0, threads=2)
-            lat = _latencies(lambda q: sharded.search(request(q)), queries)
+            lat = _latencies(lambda q, e=sharded: e.search(request(q)), queries)
             partial = sum(sharded.search(request(q)).partial for q in queries[:20])
             sharded.close()
             rows_out.append((n, build_s, sm.stages, lat, partial))
@@ -122,16 +123,16 @@ def quality(args: argparse.Namespace) -> None:
     from trident_search.cluster.build import build_sharded
     from trident_search.cluster.runtime import connect
     from trident_search.cluster.serving import connect_sharded
+    from trident_search.core.engine import Engine
+    from trident_search.core.schemas import SearchRequest
     from trident_search.eval.beir import BeirDataset
     from trident_search.eval.metrics import evaluate
     from trident_search.indexers.build import BuildConfig, build_index
-    from trident_search.core.engine import Engine
-    from trident_search.core.schemas import SearchRequest
 
     data = BeirDataset.open(args.dataset)
     queries = data.queries("test")
     qrels = data.qrels("test")
-    config = BuildConfig(retrievers=("bm25",), bm25_threads=2)
+    config = BuildConfig(retrievers=("bm25",), params={"bm25": {"threads": 2}})
     tmp = Path(tempfile.mkdtemp(prefix="tr-bm25q-"))
 
     def run(engine: Engine) -> dict[str, dict[str, float]]:
@@ -146,24 +147,30 @@ def quality(args: argparse.Namespace) -> None:
         single = Engine.load(tmp / "single")
         base_run = run(single)
         single.close()
-        results = [("single-node", evaluate(qrels, base_run), 1.0)]
+        results = [("single-node", evaluate(qrels, base_run), 1.0, 0.0, 0)]
         connect("local", num_cpus=args.cpus)
         for n in args.shards:
             build_sharded(data.corpus, tmp / f"s{n}", config, shards=n, address="local")
             engine = connect_sharded(tmp / f"s{n}", address="local", deadline_s=30.0)
             sharded_run = run(engine)
             engine.close()
+            diffs = [abs(sharded_run[q].get(d, float("nan")) - base_run[q][d]) for q in queries
+                     for d in _top(base_run[q], 10)]
+            max_diff = float(np.nanmax(diffs)) if diffs else 0.0
+            missing = sum(d not in sharded_run[q] for q in queries for d in _top(base_run[q], 10))
             overlap = np.mean([
                 len(set(_top(sharded_run[q], 10)) & set(_top(base_run[q], 10))) / max(1, len(_top(base_run[q], 10)))
                 for q in queries
             ])
-            results.append((f"{n} shards", evaluate(qrels, sharded_run), float(overlap)))
-        print(f"\nBM25 (k1=0.9, b=0.4, flat) on {args.dataset} test ({len(queries)} queries): per-shard "
-              "statistics vs single-node")
-        print(f"{'index':<14}{'nDCG@10':>9}{'x anchor':>9}{'R@100':>8}{'top-10 overlap':>16}")
+            results.append((f"{n} shards", evaluate(qrels, sharded_run), float(overlap), max_diff, missing))
+        print(f"\nBM25 (k1=0.9, b=0.4, flat) on {args.dataset} test ({len(queries)} queries): sharded "
+              "(global statistics, served through connect_sharded) vs single-node")
+        print(f"{'index':<14}{'nDCG@10':>9}{'x anchor':>9}{'R@100':>8}{'top-10 overlap':>16}"
+              f"{'max |score diff| top-10':>25}{'top-10 missing':>16}")
         a = results[0][1]["ndcg@10"]
-        for name, m, overlap in results:
-            print(f"{name:<14}{m['ndcg@10']:>9.4f}{m['ndcg@10'] / a:>9.4f}{m['recall@100']:>8.4f}{overlap:>16.3f}")
+        for name, m, overlap, max_diff, missing in results:
+            print(f"{name:<14}{m['ndcg@10']:>9.4f}{m['ndcg@10'] / a:>9.4f}{m['recall@100']:>8.4f}{overlap:>16.3f}"
+                  f"{max_diff:>25.2e}{missing:>16d}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

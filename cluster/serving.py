@@ -78,6 +78,21 @@ class ShardServer:
             for r, run in got.runs.items()
         }
 
+    def bm25_stats(self) -> bytes | None:
+        """This shard's BM25 statistics, one part of the global ones (None: no BM25 here)."""
+        from trident_search.cluster.bm25_stats import shard_bm25
+
+        part = shard_bm25(self.index)
+        return None if part is None else part.local_stats()
+
+    def set_bm25_stats(self, stats: Any) -> None:
+        """Score BM25 with the statistics of every shard (``cluster/bm25_stats.py``)."""
+        from trident_search.cluster.bm25_stats import shard_bm25
+
+        part = shard_bm25(self.index)
+        if part is not None:
+            part.set_global_stats(stats)
+
     def fetch(self, docids: list[str]) -> list[StoredDoc]:
         return self.index.fetch(docids)
 
@@ -304,6 +319,9 @@ def connect_sharded(
     shards = ShardSet(path, manifest, replicas=replicas, actor_cpus=actor_cpus,
                       query_backend=query_backend, threads=threads)
     shards.wait_ready(load_timeout_s)
+    from trident_search.cluster.bm25_stats import refresh_bm25_stats
+
+    refresh_bm25_stats(shards)  # BM25 scores as single-node: every shard gets global statistics
     log.info("serving %s: %d documents in %d shards x %d replicas", path, manifest.doc_count,
              manifest.n_shards, replicas)
     names = list(first.retrievers)
