@@ -15,6 +15,8 @@ from trident_search.service.app import create_app
 from trident_search.settings import Settings
 from service_fixture import metadata
 
+from conftest import require
+
 QUERY = "vitamin D deficiency and bone density"
 KEY = "test-key-123"
 
@@ -394,7 +396,7 @@ def test_search_command_prints_a_table_and_json(index_dir: Path) -> None:
 # -- schemathesis ----------------------------------------------------------------------------
 # Driven through Hypothesis directly: schemathesis' own pytest plugin (from_fixture) does not run
 # under pytest 9 (it sets the removed Node._nodeid).
-schemathesis = pytest.importorskip("schemathesis")
+schemathesis = require("schemathesis")  # a dev extra: skips locally without it, fails in CI
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
