@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from trident_search.encoders.text import document_text
-from trident_search.indexers.build import BuildConfig, build_index, make_encoder
+from trident_search.indexers.build import BuildConfig, build_index
 from trident_search.indexers.corpus import corpus_file, iter_corpus
 from trident_search.indexers.dense import DenseIndex, faiss_threads
 from trident_search.indexers.docstore import DocStore
+from trident_search.indexers.manifest import Manifest
 from trident_search.indexers.progress import Progress
+from trident_search.indexers.retriever import registered
 
 log = logging.getLogger("benchmarks.build")
 MTEB_SCIFACT_NDCG10 = 0.6451
@@ -57,13 +58,14 @@ def raw_vs_pipeline(corpus: Path, config: BuildConfig, n: int, work: Path) -> li
     slice_file.write_text(
         "".join(json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs)
     )
-    texts = [document_text(d.title, d.text) for d in docs]
+    texts = docs
     results = []
     for kind in (k for k in ("sparse", "dense") if k in config.retrievers):
-        encoder, _ = make_encoder(config, kind)
-        encoder.encode_documents(texts[:8])  # warm-up
+        encoder = registered()[kind].document_encoder(config.context(kind, len(docs)))
+        assert encoder is not None
+        encoder.encode(docs[:8])  # warm-up
         began = time.perf_counter()
-        encoder.encode_documents(texts)
+        encoder.encode(docs)
         raw = len(texts) / (time.perf_counter() - began)
         del encoder
         cfg = BuildConfig(**{**config.to_dict(), "retrievers": (kind,)})
@@ -84,8 +86,8 @@ def dense_quality(dataset: Path, index_dir: Path, config: BuildConfig, split: st
     data = BeirDataset.open(dataset)
     queries = data.queries(split)
     qids = list(queries)
-    encoder, _ = make_encoder(config, "dense")
-    vectors = encoder.encode_queries([queries[q] for q in qids])
+    encoder = registered()["dense"].query_encoder(Manifest.load(index_dir), backend="torch")
+    vectors = np.concatenate([encoder.encode(queries[q]) for q in qids])
     index = DenseIndex.load(index_dir / "dense")
     ids, scores = index.search(vectors, 100)
     ext = DocStore.open(index_dir / "docs.sqlite").external_ids()
@@ -97,8 +99,8 @@ def dense_quality(dataset: Path, index_dir: Path, config: BuildConfig, split: st
 def hnsw_vs_flat(index_dir: Path, queries_file: Path, config: BuildConfig, efs: list[int]) -> list[dict[str, Any]]:
     flat = DenseIndex.load(index_dir / "dense")
     texts = [json.loads(line)["text"] for line in queries_file.read_text().splitlines() if line.strip()]
-    encoder, _ = make_encoder(config, "dense")
-    q = encoder.encode_queries(texts)
+    encoder = registered()["dense"].query_encoder(Manifest.load(index_dir), backend="torch")
+    q = np.concatenate([encoder.encode(t) for t in texts])
     vectors = flat.index.reconstruct_n(0, len(flat))
     began = time.perf_counter()
     hnsw = DenseIndex.build([vectors], flat.dim, "HNSW32", threads=1)
@@ -143,9 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    models = {"sparse": args.sparse_model, "dense": args.dense_model}
     config = BuildConfig(
         retrievers=tuple(args.retrievers.split(",")), device=args.device, batch_size=args.batch_size,
-        sparse_model=args.sparse_model, dense_model=args.dense_model,
+        params={k: {"model": m} for k, m in models.items() if m},
     )
     results: dict[str, Any] = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}",
                                "corpus": str(args.corpus), "config": config.to_dict()}
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         results["docs"] = manifest.doc_count
         results["stages"] = manifest.stages
         results["models"] = manifest.models
-        results["dense_factory"] = manifest.params.get("dense_factory")
+        results["dense_factory"] = manifest.params.get("dense", {}).get("factory")
         print(f"\n## build of {args.corpus} ({manifest.doc_count} docs, device {args.device}), "
               f"wall {results['wall_seconds']} s")
         print("\n".join(stage_table(manifest.stages)))

@@ -5,15 +5,17 @@ Stages (each timed into the top-level manifest):
 1. **partition** (driver, one streamed pass): validates the corpus exactly as a single-node build
    does (same errors, same ``--skip-invalid``, same fingerprint), assigns every document to
    ``shard_of(_id, N)`` and writes the shard's records, in corpus order, to ``parts/``.
-2. **encode** (Ray Data): reads the documents' texts and runs ``map_batches`` over a pool of
-   :class:`DocumentEncoder` actors, one model load per actor, on CPU or GPU. Output is Parquet
-   with plain Arrow list columns, one partition per shard.
+2. **encode** (Ray Data): reads the documents and runs ``map_batches`` over a pool of
+   :class:`EncodeActor` actors, each holding the ``document_encoder`` of every registered retriever
+   that has one (one model load per actor, on CPU or GPU). Output is Parquet with plain Arrow list
+   columns per retriever, one partition per shard.
 3. **shards** (one Ray task per shard): ``trident_search.indexers.build.build_index`` over the shard's records,
    taking the encodings from stage 2, so each shard is exactly a single-node index directory.
    A task that dies (worker or node lost, pre-emption) is retried, and resumes from the shard's
    own checkpoints.
-4. **publish**: the top-level manifest is written last and the whole tree is renamed into place
-   with the same swap as a single-node build, so readers see the old index or the new one.
+4. **publish**: the top-level manifest is written last and the whole tree is published with the
+   same swap as a single-node build (:mod:`trident_search.indexers.publish`), so readers see the
+   old index or the new one.
 
 Every node must see ``out`` at the same path (shared filesystem). On one machine that is free; on
 a real cluster put the index on NFS or a mounted bucket.
@@ -34,21 +36,13 @@ import scipy.sparse as sp
 
 from trident_search.cluster.layout import ASSIGNMENT_RULE, ShardedManifest, shard_name, shard_of
 from trident_search.cluster.runtime import connect
-from trident_search.indexers.build import (
-    BuildConfig,
-    BuildError,
-    Encoded,
-    _swap_in,
-    build_index,
-    claimed_target,
-    make_encoder,
-    work_dir,
-)
-from trident_search.indexers.corpus import CorpusReport, iter_corpus
+from trident_search.indexers.build import BuildConfig, Encoded, build_index
+from trident_search.indexers.corpus import CorpusReport, Document, iter_corpus
+from trident_search.indexers.publish import BuildError, claimed_target, swap_in, work_dir
+from trident_search.indexers.retriever import DocumentEncoder, registered
 
 log = logging.getLogger(__name__)
 
-ENCODE_KINDS = ("sparse", "dense")
 TASK_RETRIES = 3
 
 
@@ -84,11 +78,11 @@ def build_sharded(
         _stage(stages, "partition", report.valid, t0)
 
         ray = connect(address)
-        kinds = [k for k in ENCODE_KINDS if k in config.retrievers]
-        models: dict[str, dict[str, Any]] = {}
-        if kinds:
+        # The driver loads each model once first: a bad model name fails here, before the cluster works.
+        models = _model_infos(config, report.valid)
+        if models:
             t0 = time.perf_counter()
-            models = _encode(work, shards, config, kinds, encode_workers, worker_cpus, worker_gpus)
+            _encode(work, shards, config, list(models), encode_workers, worker_cpus, worker_gpus)
             _stage(stages, "encode", report.valid, t0)
 
         t0 = time.perf_counter()
@@ -119,24 +113,9 @@ def build_sharded(
         if sum(counts) != report.valid or [s["doc_count"] for s in manifest.shards] != counts:
             raise BuildError(f"shard document counts {manifest.shards} do not add up to {report.valid}")
         manifest.write(work)
-        _swap_in(work, out)
+        swap_in(work, out)
     log.info("sharded index ready at %s: %d documents in %d shards", out, report.valid, shards)
     return manifest
-
-
-def build_sharded_cli(
-    corpus: Path, out: Path, config: BuildConfig, shards: int, address: str, resume: bool, skip_invalid: bool
-) -> ShardedManifest:
-    """``trident index build --ray-address``: :func:`build_sharded` with the CLI's error types."""
-    from trident_search.cluster.runtime import RayUnavailableError
-
-    if resume:
-        raise BuildError("--resume is for single-node builds; in a sharded build Ray retries failed "
-                         "shard tasks, which resume from their own checkpoints")
-    try:
-        return build_sharded(corpus, out, config, shards=shards, address=address, skip_invalid=skip_invalid)
-    except RayUnavailableError as exc:
-        raise BuildError(str(exc)) from None
 
 
 def _stage(stages: dict[str, dict[str, float]], name: str, docs: int, t0: float) -> None:
@@ -148,8 +127,6 @@ def _stage(stages: dict[str, dict[str, float]], name: str, docs: int, t0: float)
 # -- 1. partition -----------------------------------------------------------------------------------
 def _partition(source: Path, work: Path, n: int, skip_invalid: bool, report: CorpusReport) -> list[int]:
     """Write each shard's valid records (corpus order) and its encoder input; return shard sizes."""
-    from trident_search.encoders.text import document_text
-
     parts = work / "parts"
     parts.mkdir()
     counts = [0] * n
@@ -160,7 +137,7 @@ def _partition(source: Path, work: Path, n: int, skip_invalid: bool, report: Cor
             i = shard_of(doc.id, n)
             record = {"_id": doc.id, "title": doc.title, "text": doc.text, "metadata": doc.metadata}
             files[i].write(json.dumps(record, ensure_ascii=False) + "\n")
-            row = {"shard": i, "pos": counts[i], "text": document_text(doc.title, doc.text)}
+            row = {"shard": i, "pos": counts[i], "id": doc.id, "title": doc.title, "text": doc.text}
             texts[i].write(json.dumps(row, ensure_ascii=False) + "\n")
             counts[i] += 1
     finally:
@@ -178,30 +155,53 @@ def _partition(source: Path, work: Path, n: int, skip_invalid: bool, report: Cor
 
 
 # -- 2. encode --------------------------------------------------------------------------------------
-class DocumentEncoder:
-    """A Ray Data actor: loads the configured encoders once, then encodes batches of texts."""
+def _model_infos(config: BuildConfig, n_docs: int) -> dict[str, dict[str, Any]]:
+    """``model_info()`` of every chosen retriever that encodes documents, by name (registry order)."""
+    infos = {}
+    for name, retriever in registered().items():
+        if name in config.retrievers:
+            encoder = retriever.document_encoder(config.context(name, n_docs))
+            if encoder is not None:
+                infos[name] = encoder.model_info()
+                del encoder
+    return infos
 
-    def __init__(self, config: BuildConfig, kinds: list[str]) -> None:
-        self.kinds = kinds
-        self.encoders = {kind: make_encoder(config, kind)[0] for kind in kinds}
+
+class EncodeActor:
+    """A Ray Data actor: loads the retrievers' document encoders once, then encodes batches.
+
+    Each retriever's chunk becomes Arrow list columns named after it: ``<name>__dense`` for a dense
+    array; ``<name>__indices``, ``<name>__values`` and ``<name>__width`` for a sparse matrix.
+    """
+
+    def __init__(self, config: BuildConfig, names: list[str]) -> None:
+        known = registered()
+        self.encoders: dict[str, DocumentEncoder] = {}
+        for name in names:
+            encoder = known[name].document_encoder(config.context(name, 0))
+            assert encoder is not None, name
+            self.encoders[name] = encoder
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         import pyarrow as pa
 
-        texts = [str(t) for t in batch["text"]]
+        docs = [Document(str(i), str(t), str(x)) for i, t, x in zip(batch["id"], batch["title"], batch["text"])]
         columns: dict[str, Any] = {
             "shard": pa.array(batch["shard"], pa.int32()),
             "pos": pa.array(batch["pos"], pa.int64()),
         }
-        if "sparse" in self.kinds:
-            csr = self.encoders["sparse"].encode_documents(texts)
-            offsets = pa.array(csr.indptr.astype(np.int32))
-            columns["sparse_indices"] = pa.ListArray.from_arrays(offsets, pa.array(csr.indices.astype(np.int32)))
-            columns["sparse_values"] = pa.ListArray.from_arrays(offsets, pa.array(csr.data.astype(np.float32)))
-        if "dense" in self.kinds:
-            vectors = np.ascontiguousarray(self.encoders["dense"].encode_documents(texts), dtype=np.float32)
-            offsets = pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32))
-            columns["dense"] = pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel()))
+        for name, encoder in self.encoders.items():
+            chunk = encoder.encode(docs)
+            if sp.issparse(chunk):
+                csr = sp.csr_matrix(chunk)
+                offsets = pa.array(csr.indptr.astype(np.int32))
+                columns[f"{name}__indices"] = pa.ListArray.from_arrays(offsets, pa.array(csr.indices.astype(np.int32)))
+                columns[f"{name}__values"] = pa.ListArray.from_arrays(offsets, pa.array(csr.data.astype(np.float32)))
+                columns[f"{name}__width"] = pa.array(np.full(len(docs), csr.shape[1], np.int64))
+            else:
+                vectors = np.ascontiguousarray(chunk, dtype=np.float32)
+                offsets = pa.array(np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32))
+                columns[f"{name}__dense"] = pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel()))
         # A plain pyarrow Table: numpy columns would be written as Ray's Arrow extension types.
         return pa.table(columns)
 
@@ -210,23 +210,19 @@ def _encode(
     work: Path,
     n: int,
     config: BuildConfig,
-    kinds: list[str],
+    names: list[str],
     workers: int,
     worker_cpus: float,
     worker_gpus: float,
-) -> dict[str, dict[str, Any]]:
-    """Encode every document on the cluster; returns the model info the manifests record.
-
-    The driver loads each model once first: a bad model name fails here, before the cluster works.
-    """
+) -> None:
+    """Encode every document on the cluster, for every retriever in ``names``."""
     import ray.data
 
-    models = {kind: make_encoder(config, kind)[1] for kind in kinds}
     paths = [str(work / "parts" / f"{shard_name(i)}.text.jsonl") for i in range(n)]
     ds = ray.data.read_json(paths, lines=True)
     ds = ds.map_batches(
-        DocumentEncoder,
-        fn_constructor_kwargs={"config": config, "kinds": kinds},
+        EncodeActor,
+        fn_constructor_kwargs={"config": config, "names": names},
         batch_size=max(config.batch_size * 4, 64),
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
@@ -234,7 +230,6 @@ def _encode(
         num_gpus=worker_gpus or None,
     )
     ds.write_parquet(str(work / "encoded"), partition_cols=["shard"])
-    return models
 
 
 # -- 3. shards --------------------------------------------------------------------------------------
@@ -248,32 +243,37 @@ def _build_shard(
     root = Path(work)
     name = shard_name(i)
     encoded = {
-        kind: Encoded(model=info, blocks=lambda kind=kind, info=info: _blocks(root / "encoded", i, kind, info))
-        for kind, info in models.items()
+        name: Encoded(model=info, blocks=lambda name=name: _blocks(root / "encoded", i, name))
+        for name, info in models.items()
     }
     manifest = build_index(root / "parts" / f"{name}.jsonl", root / name, config, resume=True, encoded=encoded)
     return manifest.to_dict()
 
 
-def _blocks(encoded: Path, shard: int, kind: str, info: dict[str, Any]) -> Iterator[np.ndarray | sp.csr_matrix]:
-    """Shard ``shard``'s encodings from the Parquet partition, as one block in shard order."""
+def _blocks(encoded: Path, shard: int, name: str) -> Iterator[np.ndarray | sp.csr_matrix]:
+    """Retriever ``name``'s encodings of shard ``shard`` from the Parquet partition, as one block in
+    shard order (see :class:`EncodeActor` for the columns)."""
+    import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    columns = ["pos", "sparse_indices", "sparse_values"] if kind == "sparse" else ["pos", "dense"]
-    table = pq.read_table(encoded / f"shard={shard}", columns=columns)
-    table = table.sort_by("pos")
+    folder = encoded / f"shard={shard}"
+    present = set(pads.dataset(folder, format="parquet").schema.names)
+    dense = f"{name}__dense" in present
+    columns = ["pos", f"{name}__dense"] if dense else ["pos", f"{name}__indices", f"{name}__values", f"{name}__width"]
+    table = pq.read_table(folder, columns=columns).sort_by("pos")
     pos = table.column("pos").to_numpy()
     if not np.array_equal(pos, np.arange(len(pos))):
         raise BuildError(f"{shard_name(shard)}: the encoded rows do not cover positions 0..{len(pos) - 1}")
-    if kind == "dense":
-        flat = table.column("dense").combine_chunks()
-        yield flat.flatten().to_numpy().astype(np.float32).reshape(len(pos), int(info["dim"]))
+    if dense:
+        flat = table.column(f"{name}__dense").combine_chunks()
+        yield flat.flatten().to_numpy().astype(np.float32).reshape(len(pos), -1)
         return
-    indices = table.column("sparse_indices").combine_chunks()
-    values = table.column("sparse_values").combine_chunks()
+    indices = table.column(f"{name}__indices").combine_chunks()
+    values = table.column(f"{name}__values").combine_chunks()
+    width = int(table.column(f"{name}__width")[0].as_py())
     indptr = indices.offsets.to_numpy().astype(np.int64)
     indptr -= indptr[0]
     yield sp.csr_matrix(
         (values.flatten().to_numpy().astype(np.float32), indices.flatten().to_numpy(), indptr),
-        shape=(len(pos), int(info["vocab_size"])),
+        shape=(len(pos), width),
     )

@@ -1,9 +1,12 @@
 """Stream and validate a BEIR-style corpus without loading it whole.
 
 Accepts a BEIR folder (``corpus.jsonl`` inside), a ``.jsonl`` file or a ``.jsonl.gz`` file. Every
-record must be a JSON object with a string ``_id``, optional string ``title`` / ``text`` (not both
-empty) and an optional ``metadata`` object. Errors name the file and line so a user can fix the
-corpus; with ``skip_invalid`` the bad records are counted and skipped instead.
+record must be a UTF-8 line holding a JSON object with a string ``_id``, optional string ``title`` /
+``text`` and an optional ``metadata`` object. A document whose title and text are both empty is
+valid (real collections have them, and they may be judged): it is indexed and counted in
+``CorpusReport.empty``. Errors name the file and line so a user can fix the corpus; with
+``skip_invalid`` the bad records are counted and skipped instead. A damaged ``.gz`` stream cannot be
+read past the damage, so it is an error even with ``skip_invalid``.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import gzip
 import hashlib
 import json
 import logging
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +52,8 @@ class CorpusReport:
     valid: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    empty: int = 0  # valid documents with an empty title and text (indexed; counted for one warning)
+    empty_examples: list[str] = field(default_factory=list)  # their ids, the first few
     _digest: Any = field(default_factory=hashlib.sha256)
 
     @property
@@ -69,10 +75,32 @@ def corpus_file(path: str | Path) -> Path:
     return p
 
 
-def _open(path: Path) -> IO[str]:
+def _open(path: Path) -> IO[bytes]:
+    """Lines are read as bytes and decoded one by one, so a bad byte is reported with its line."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def _decode(raw: bytes, lineno: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise ValueError(f"invalid UTF-8 (byte 0x{bad} at byte {exc.start + 1} of the line)") from None
+    if lineno == 1 and text.startswith("\ufeff"):
+        text = text[1:]  # a UTF-8 byte-order mark
+    return text
+
+
+def _check_unicode(name: str, value: str) -> None:
+    """JSON escapes can spell lone surrogates, which no UTF-8 writer (SQLite, Lucene) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"'{name}' holds an invalid Unicode escape (lone surrogate U+{ord(value[exc.start]):04X})"
+        ) from None
 
 
 def _parse(raw: str) -> Document:
@@ -95,12 +123,18 @@ def _parse(raw: str) -> Document:
     for name, value in (("title", title), ("text", text)):
         if not isinstance(value, str):
             raise ValueError(f"'{name}' must be a string, got {type(value).__name__}")
-    if not (title.strip() or text.strip()):
-        raise ValueError(f"document {doc_id!r} has empty title and text")
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ValueError(f"'metadata' must be an object, got {type(metadata).__name__}")
+    for name, value in (("_id", doc_id), ("title", title), ("text", text)):
+        _check_unicode(name, value)
+    _check_unicode("metadata", json.dumps(metadata, ensure_ascii=False))
     return Document(doc_id, title, text, metadata)
+
+
+def is_empty(doc: Document) -> bool:
+    """No title and no text (whitespace only): valid, indexed, found only by id or filters."""
+    return not (doc.title.strip() or doc.text.strip())
 
 
 def iter_corpus(
@@ -115,11 +149,11 @@ def iter_corpus(
     report = report if report is not None else CorpusReport()
     seen: set[str] = set()
     with _open(file) as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in _lines(fh, file):
             if not raw.strip():
                 continue
             try:
-                doc = _parse(raw)
+                doc = _parse(_decode(raw, lineno))
                 if doc.id in seen:
                     raise ValueError(f"duplicate _id {doc.id!r}")
             except ValueError as exc:
@@ -132,7 +166,29 @@ def iter_corpus(
                 continue
             seen.add(doc.id)
             report.valid += 1
+            if is_empty(doc):
+                report.empty += 1
+                if len(report.empty_examples) < 5:
+                    report.empty_examples.append(doc.id)
             report._digest.update(
                 json.dumps([doc.id, doc.title, doc.text, doc.metadata], sort_keys=True).encode()
             )
             yield doc
+
+
+def _lines(fh: IO[bytes], file: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines; a damaged gzip stream is a CorpusError at the line where reading stopped."""
+    lineno = 0
+    it = iter(fh)
+    while True:
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except (OSError, EOFError, zlib.error) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and exc.errno is not None:
+                raise  # a real I/O error (permission, device), not a damaged stream
+            raise CorpusError(file, lineno + 1, f"unreadable compressed data ({exc}); the file is damaged "
+                              "or truncated, and cannot be read past this point") from None
+        lineno += 1
+        yield lineno, raw

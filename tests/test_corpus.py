@@ -46,7 +46,6 @@ def test_numeric_ids_and_metadata(tmp_path: Path) -> None:
     [
         ("{not json", "invalid JSON"),
         ('{"title": "a", "text": "b"}', "missing '_id'"),
-        ('{"_id": "1", "title": " ", "text": ""}', "empty title and text"),
         ('{"_id": "1", "title": 3, "text": "b"}', "'title' must be a string"),
         ('{"_id": ["1"], "text": "b"}', "'_id' must be a non-empty string"),
         ('{"_id": "1", "text": "b", "metadata": [1]}', "'metadata' must be an object"),
@@ -84,3 +83,58 @@ def test_missing_path_and_folder_without_corpus(tmp_path: Path) -> None:
         list(iter_corpus(tmp_path / "nope.jsonl"))
     with pytest.raises(FileNotFoundError, match="no corpus.jsonl"):
         list(iter_corpus(tmp_path))
+
+
+def test_empty_document_is_valid_and_counted(tmp_path: Path) -> None:
+    f = write(tmp_path / "c.jsonl", ['{"_id": "a", "text": "x"}', '{"_id": "e", "title": " ", "text": ""}',
+                                     '{"_id": "n", "title": null}'])
+    report = CorpusReport()
+    docs = list(iter_corpus(f, report=report))
+    assert [d.id for d in docs] == ["a", "e", "n"] and docs[1].title == " " and docs[2].text == ""
+    assert (report.valid, report.empty, report.skipped, report.empty_examples) == (3, 2, 0, ["e", "n"])
+
+
+def test_invalid_utf8_names_file_line_and_byte(tmp_path: Path) -> None:
+    f = tmp_path / "c.jsonl"
+    f.write_bytes(b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n{"_id": "c", "text": "y"}\n')
+    with pytest.raises(CorpusError) as err:
+        list(iter_corpus(f))
+    assert err.value.line == 2 and "invalid UTF-8 (byte 0xe9 at byte 26 of the line)" in str(err.value)
+    report = CorpusReport()
+    assert [d.id for d in iter_corpus(f, skip_invalid=True, report=report)] == ["a", "c"]
+    assert report.skipped == 1 and report.errors[0].startswith(f"{f}:2: invalid UTF-8")
+
+
+def test_invalid_utf8_in_gzip_is_reported_by_line(tmp_path: Path) -> None:
+    gz = tmp_path / "c.jsonl.gz"
+    with gzip.open(gz, "wb") as fh:
+        fh.write(b'{"_id": "a", "text": "ok"}\n\n{"_id": "b", "text": "\xff"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl\.gz:3: invalid UTF-8 \(byte 0xff"):
+        list(iter_corpus(gz))
+
+
+def test_lone_surrogate_escape_is_an_error(tmp_path: Path) -> None:
+    f = write(tmp_path / "c.jsonl", ['{"_id": "a", "text": "ok"}', '{"_id": "b", "text": "x \\udc00 y"}',
+                                     '{"_id": "c", "text": "ok", "metadata": {"k": "\\ud800"}}'])
+    report = CorpusReport()
+    assert [d.id for d in iter_corpus(f, skip_invalid=True, report=report)] == ["a"]
+    assert "'text' holds an invalid Unicode escape (lone surrogate U+DC00)" in report.errors[0]
+    assert report.errors[1].startswith(f"{f}:3: 'metadata'")
+
+
+def test_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
+    f = tmp_path / "c.jsonl"
+    f.write_bytes(b'\xef\xbb\xbf{"_id": "a", "text": "x"}\r\n{"_id": "b", "text": "y"}\r\n')
+    assert [d.id for d in iter_corpus(f)] == ["a", "b"]
+
+
+def test_truncated_gzip_is_an_error_even_when_skipping(tmp_path: Path) -> None:
+    gz = tmp_path / "c.jsonl.gz"
+    lines = "".join(json.dumps({"_id": str(i), "text": f"document {i} " * 20}) + "\n" for i in range(200))
+    with gzip.open(gz, "wt", encoding="utf-8") as fh:
+        fh.write(lines)
+    data = gz.read_bytes()
+    gz.write_bytes(data[: len(data) // 2])
+    for skip in (False, True):
+        with pytest.raises(CorpusError, match="damaged or truncated"):
+            list(iter_corpus(gz, skip_invalid=skip))

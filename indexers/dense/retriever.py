@@ -73,6 +73,18 @@ class DenseRetriever(Retriever):
     options = DenseOptions
     description = "dense embeddings in FAISS"
 
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Fail before any build work on a parameter ``write`` would reject."""
+        unknown = sorted(set(params) - {"model", "factory", "ef_construction"})
+        if unknown:
+            raise ValueError(f"unknown dense parameters {unknown}; valid: model, factory, ef_construction")
+        factory = params.get("factory")
+        if factory is not None and (not isinstance(factory, str) or not factory.strip()):
+            raise ValueError(f"dense factory must be a FAISS factory string, got {factory!r}")
+        ef = params.get("ef_construction")
+        if ef is not None and (not isinstance(ef, int) or isinstance(ef, bool) or ef < 1):
+            raise ValueError(f"dense ef_construction must be a positive integer, got {ef!r}")
+
     def document_encoder(self, ctx: BuildContext) -> DocumentEncoder:
         from trident_search.encoders.dense import DenseEncoder
 

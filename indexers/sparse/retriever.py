@@ -92,6 +92,16 @@ class SparseRetriever(Retriever):
     options = SparseOptions
     description = "learned sparse (SPLADE) with Seismic-style block summaries"
 
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Fail before any build work on a parameter ``write`` would reject."""
+        unknown = sorted(set(params) - {"model", "doc_top_k", "index"})
+        if unknown:
+            raise ValueError(f"unknown sparse parameters {unknown}; valid: model, doc_top_k, index")
+        top_k = params.get("doc_top_k")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise ValueError(f"sparse doc_top_k must be a positive integer, got {top_k!r}")
+        index_params(params.get("index", {}))
+
     def document_encoder(self, ctx: BuildContext) -> DocumentEncoder:
         from trident_search.encoders.sparse import SparseEncoder
 
