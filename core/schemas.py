@@ -267,3 +267,4 @@ class IndexInfo(BaseModel):
     default_fusion: dict[str, Any]
     query_encoders: dict[str, str] = Field(description="Retriever -> encoder name and backend.")
     manifest: dict[str, Any]
+    generation: int = Field(0, description="Index generation served: 1 at start, +1 per hot swap.")

@@ -4,6 +4,12 @@ The index loads on a worker thread after startup, so ``/healthz`` answers at onc
 says 503 until the engine is ready. A missing or broken index is logged as one clear line and
 turns every search into a 503 that says how to build one; the process keeps running.
 
+Around the requests (``trident_search.service.lifecycle``): the engine is served as numbered
+generations, hot-swapped when a new index is published at the served path (polled every
+``watch_s``) or on ``POST /v1/admin/reload``; searches pass a bounded admission queue (429 with
+``Retry-After`` past it); on SIGTERM/SIGINT ``/readyz`` answers 503 while uvicorn drains requests in
+flight for up to ``drain_s``, then the index closes within what is left of the deadline.
+
 Every error, whatever raised it, leaves as the same envelope (``schemas.ErrorResponse``) and is
 mapped to its status in one place, ``_error_response``. Search is CPU-bound and runs on the thread
 pool, never on the event loop.
@@ -13,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -27,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trident_search.errors import NotReadyError, TridentError
+from trident_search.errors import IndexLoadError, NotReadyError, OverloadedError, TridentError
 from trident_search.service.errors import (
     AuthenticationError,
     ErrorResponse,
@@ -35,11 +42,21 @@ from trident_search.service.errors import (
     PermissionDeniedError,
     status_of,
 )
+from trident_search.service.lifecycle import (
+    Admission,
+    Generation,
+    Generations,
+    close_within,
+    index_key,
+    on_daemon_thread,
+    watch_signals,
+)
 from trident_search.service.metrics import Metrics
 from trident_search.service.routes import (
     SearchEngine,
     documents_router,
     index_router,
+    admin_router,
     ops_router,
     search_router,
 )
@@ -97,6 +114,9 @@ def _error_response(request: Request, exc: Exception) -> JSONResponse:
     """The single mapping from an exception to an HTTP answer."""
     field: str | None = None
     details: list[dict[str, Any]] = []
+    headers: dict[str, str] = {}
+    if isinstance(exc, OverloadedError):
+        headers["Retry-After"] = str(getattr(exc, "retry_after", 1))
     if isinstance(exc, TridentError):
         (status, code), message, field = status_of(exc), exc.message, exc.field
     elif isinstance(exc, (RequestValidationError, ValidationError)):
@@ -108,13 +128,30 @@ def _error_response(request: Request, exc: Exception) -> JSONResponse:
     elif isinstance(exc, StarletteHTTPException):
         status, message = exc.status_code, str(exc.detail)
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+        headers.update(exc.headers or {})
+        if status == 405:
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         status, code, message = 500, "internal_error", "internal server error; see the server log"
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.errors.labels(_route(request.scope), code).inc()
-    return _envelope(status, code, message, field, details)
+    response = _envelope(status, code, message, field, details)
+    response.headers.update(headers)
+    return response
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers at this path (Starlette names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def _route(scope: Scope) -> str:
@@ -206,42 +243,126 @@ def create_app(
     *,
     loader: EngineLoader | None = None,
     load_in_background: bool = True,
+    watch: bool = True,
 ) -> FastAPI:
     """Build the app. The engine loads when the app starts: in the background by default (so
-    /healthz answers during a long load), or before the first request with ``load_in_background=False``."""
+    /healthz answers during a long load), or before the first request with ``load_in_background=False``.
+    With ``watch`` (and ``watch_s`` > 0) a new index published at the served path is hot-swapped in."""
     settings = settings or Settings()
     loader = loader or load_engine
     metrics = Metrics()
+    server = settings.server
+    generations = Generations()
+    reload_lock = asyncio.Lock()
+
+    def loaded(app: FastAPI, gen: Generation | None) -> None:
+        app.state.engine = gen.engine if gen else None
+
+    async def reload(app: FastAPI, reason: str, *, initial: bool = False) -> Generation:
+        """Open and warm the index at the served path on a daemon thread, then swap it in. On
+        failure the serving generation (if any) stays and the error is raised (and logged)."""
+        async with reload_lock:
+            key = index_key(server.index)
+            if not initial:
+                log.info("reloading index %s (%s); generation %d keeps serving meanwhile",
+                         server.index, reason, generations.number)
+            start = time.perf_counter()
+            try:
+                engine = await on_daemon_thread(loader, settings, name="trident-index-load")
+            except Exception as exc:
+                app.state.failed_key = key
+                message = exc.message if isinstance(exc, TridentError) else f"cannot load index {server.index}: {exc}"
+                if generations.current is None:
+                    app.state.load_error = message
+                    if isinstance(exc, TridentError):
+                        log.error("not ready: %s", message)
+                    else:  # a damaged index must not kill the server; say why, stay up
+                        log.exception("not ready: cannot load index %s", server.index)
+                else:
+                    log.error("reload failed, generation %d keeps serving: %s", generations.number, message)
+                raise
+            if app.state.draining:  # shutting down meanwhile: do not start serving a new generation
+                await on_daemon_thread(engine.close)
+                raise NotReadyError("the server is shutting down")
+            gen = generations.install(engine, key)
+            loaded(app, gen)
+            app.state.load_error = None
+            app.state.failed_key = None
+            reassert_signals()  # the JVM, if this load started it, took SIGTERM/SIGINT over
+            log.info("index %s loaded as generation %d in %.1f s; ready", server.index, gen.number,
+                     time.perf_counter() - start)
+            return gen
+
+    async def watch_index(app: FastAPI) -> None:
+        """Poll the served path; reload when what is published there changes."""
+        while not app.state.draining:
+            await asyncio.sleep(server.watch_s)
+            key = index_key(server.index)
+            current = generations.current
+            if key is None or reload_lock.locked() or key == app.state.failed_key:
+                continue
+            if current is not None and key == current.key:
+                continue
+            if current is None and app.state.load_error is None:
+                continue  # the first load is still running
+            try:
+                await reload(app, "a new index was published at the served path")
+            except Exception:  # noqa: BLE001 - logged by reload(); keep watching
+                pass
+
+    def on_signal(signum: int) -> None:
+        if not app.state.draining:
+            app.state.draining = True
+            log.info("%s received: draining; /readyz answers 503, requests in flight have %.0f s to finish",
+                     signal.Signals(signum).name, server.drain_s)
+
+    reassert_signals: Callable[[], None] = lambda: None  # noqa: E731
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal reassert_signals
         app.state.engine = None
         app.state.load_error = None
+        app.state.failed_key = None
+        app.state.draining = False
+        reassert_signals = watch_signals(on_signal)
+        tasks: list[asyncio.Task[Any]] = []
+
+        async def first_load() -> None:
+            try:
+                await reload(app, "start", initial=True)
+            except Exception:  # noqa: BLE001 - logged; /readyz and searches say why
+                pass
+
         if load_in_background:
-            task = asyncio.create_task(_load(app))
+            tasks.append(asyncio.create_task(first_load()))
         else:
-            await _load(app)
-            task = None
+            await first_load()
+        if watch and server.watch_s > 0:
+            tasks.append(asyncio.create_task(watch_index(app)))
         try:
             yield
         finally:
-            if task is not None:
+            app.state.draining = True
+            for task in tasks:
                 task.cancel()
-            engine = app.state.engine
-            app.state.engine = None
-            if engine is not None:
-                await run_in_threadpool(engine.close)
+            await _close(generations)
+            loaded(app, None)
 
-    async def _load(app: FastAPI) -> None:
-        try:
-            app.state.engine = await asyncio.to_thread(loader, settings)
-            log.info("index %s loaded; ready", settings.server.index)
-        except TridentError as exc:
-            app.state.load_error = exc.message
-            log.error("not ready: %s", exc.message)
-        except Exception as exc:  # a damaged index must not kill the server; say why, stay up
-            app.state.load_error = f"cannot load index {settings.server.index}: {exc}"
-            log.exception("not ready: cannot load index %s", settings.server.index)
+    async def _close(gens: Generations) -> None:
+        gen = gens.take()
+        if gen is None:
+            return
+        if gen.inflight:
+            log.warning("drain deadline passed with %d request(s) still running on generation %d; "
+                        "exiting without closing it", gen.inflight, gen.number)
+            return
+        log.info("closing index generation %d", gen.number)
+        gen.closed = True
+        if close_within(gen, max(1.0, min(5.0, server.drain_s))):
+            log.info("index generation %d closed", gen.number)
+        else:
+            log.warning("closing index generation %d did not finish in time; exiting anyway", gen.number)
 
     app = FastAPI(
         title="Trident",
@@ -255,8 +376,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.generations = generations
     app.state.engine = None
     app.state.load_error = None
+    app.state.failed_key = None
+    app.state.draining = False
+    admission = Admission(server.max_inflight, server.max_queue)
+    app.state.admission = admission
     for exc_type in (TridentError, RequestValidationError, ValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_type, _error_response)  # type: ignore[arg-type]
     app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_body_bytes)
@@ -276,11 +402,29 @@ def create_app(
         if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
             raise PermissionDeniedError("API key not accepted")
 
-    def engine_of(request: Request) -> SearchEngine:
-        engine = request.app.state.engine
-        if engine is None:
+    def lease(request: Request) -> AbstractAsyncContextManager[Generation]:
+        """The serving generation for one request (it stays open until the request ends)."""
+        return generations.lease(lambda: NotReadyError(_not_ready_message(request.app, settings)))
+
+    def ready(request: Request) -> Generation:
+        if request.app.state.draining:
+            raise NotReadyError("the server is shutting down (draining requests in flight)")
+        gen = generations.current
+        if gen is None:
             raise NotReadyError(_not_ready_message(request.app, settings))
-        return engine
+        return gen
+
+    async def do_reload(request: Request) -> Generation:
+        if request.app.state.draining:
+            raise NotReadyError("the server is shutting down")
+        try:
+            return await reload(request.app, "POST /v1/admin/reload")
+        except TridentError as exc:
+            raise IndexLoadError(f"reload failed; generation {generations.number} keeps serving: "
+                                 f"{exc.message}") from None
+        except Exception as exc:
+            raise IndexLoadError(f"reload failed; generation {generations.number} keeps serving: "
+                                 f"cannot load index {server.index}: {exc}") from None
 
     auth_responses: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorResponse, "description": "API key missing."},
@@ -288,11 +432,12 @@ def create_app(
         413: {"model": ErrorResponse, "description": "Body too large."},
     }
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=auth_responses)
-    v1.include_router(search_router(settings, engine_of, metrics, _validation_details))
-    v1.include_router(documents_router(engine_of))
-    v1.include_router(index_router(engine_of))
+    v1.include_router(search_router(settings, lease, admission.slot, metrics, _validation_details))
+    v1.include_router(documents_router(lease))
+    v1.include_router(index_router(lease))
+    v1.include_router(admin_router(do_reload))
     app.include_router(v1)
-    app.include_router(ops_router(settings, engine_of, metrics))
+    app.include_router(ops_router(settings, ready, metrics))
     _document_limits(app, settings)
     return app
 

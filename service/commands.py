@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import socket
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,7 @@ def serve(
             raise typer.BadParameter(exc.message, param_hint="--index") from None
         return
 
+    _check_port(host, port)
     # Settings travel by environment so every worker process reads the same ones.
     os.environ["TRIDENT_INDEX"] = str(index)
     os.environ["TRIDENT_QUERY_BACKEND"] = query_backend
@@ -67,9 +71,56 @@ def serve(
     if not (index / "manifest.json").is_file():
         log.error("no index at %s: the server starts, but /readyz and searches answer 503 until one is "
                   "built (`trident index build --corpus <BEIR folder> --out %s`)", index, index)
-    level = ServerSettings().log_level
-    uvicorn.run("trident_search.service.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=level, log_config=_log_config(level))
+    server = ServerSettings()
+    level = server.log_level
+    _run_until_signal(lambda: uvicorn.run(
+        "trident_search.service.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level=level, log_config=_log_config(level), timeout_graceful_shutdown=math.ceil(server.drain_s)))
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in a second, not after loading the index, when the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            typer.secho(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}; stop what uses "
+                        "the port or pick another with --port / TRIDENT_PORT", fg="red", err=True)
+            raise typer.Exit(1) from None
+
+
+def _run_until_signal(run: Any) -> None:
+    """Run the server; a SIGTERM/SIGINT that stopped it gracefully ends the process with status 0.
+
+    uvicorn re-raises the signal it caught once it has drained, against the handler found before it
+    started, so that handler is ours and only notes the signal. Then, if threads are still alive
+    (a search parked in the JVM past the drain deadline, the JVM's own), the process exits at once
+    instead of waiting for them in interpreter shutdown.
+    """
+    import signal
+    import threading
+
+    caught: list[int] = []
+    saved = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+             for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if caught:
+        log.info("shutdown complete after %s; exit 0", signal.Signals(caught[0]).name)
+    from trident_search.indexers import jvm
+
+    alive = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if alive or getattr(jvm, "_started", False):
+        for handler in logging.getLogger().handlers + logging.getLogger("trident_search").handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _sharded_server() -> Any:

@@ -7,7 +7,8 @@ at app creation, which FastAPI must see as objects, not strings.)
 """
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Query, Request
@@ -27,6 +28,7 @@ from trident_search.core.schemas import (
 from trident_search.errors import InvalidRequestError
 from trident_search.indexers.retriever import registered
 from trident_search.service.errors import ErrorResponse
+from trident_search.service.lifecycle import Generation
 from trident_search.service.metrics import Metrics
 from trident_search.settings import Settings
 
@@ -43,7 +45,13 @@ class SearchEngine(Protocol):
     def close(self) -> None: ...
 
 
-EngineDep = Callable[[Request], SearchEngine]
+Lease = Callable[[Request], AbstractAsyncContextManager[Generation]]
+"""The serving generation for one request, held until it ends (a hot swap never changes it)."""
+Admit = Callable[[], AbstractAsyncContextManager[None]]
+"""A slot of the admission queue (429 with Retry-After when it is full)."""
+
+OVERLOADED = {429: {"model": ErrorResponse, "description": "Too many searches running and queued; "
+                    "retry after the `Retry-After` header's seconds."}}
 
 
 def check_limits(req: SearchRequestBase, settings: Settings, prefix: str = "") -> None:
@@ -148,17 +156,17 @@ def _get_param(field: str | None) -> str | None:
     return head if head in {"filters", "retrievers"} else field
 
 
-def search_router(settings: Settings, engine_of: EngineDep, metrics: Metrics,
+def search_router(settings: Settings, lease: Lease, admit: Admit, metrics: Metrics,
                   validation_details: Callable[..., list[dict[str, Any]]]) -> APIRouter:
     SearchRequest = search_request_model()
     BatchSearchRequest = batch_request_model()
     SearchParams = get_params_model(settings)
-    router = APIRouter(tags=["search"])
+    router = APIRouter(tags=["search"], responses=OVERLOADED)
 
     async def run_search(body: SearchRequestBase, request: Request) -> Response:
-        engine = engine_of(request)
         check_limits(body, settings)
-        resp = await run_in_threadpool(engine.search, body)
+        async with admit(), lease(request) as gen:
+            resp = await run_in_threadpool(gen.engine.search, body)
         metrics.observe_search(resp)
         return _json(resp)
 
@@ -185,7 +193,6 @@ def search_router(settings: Settings, engine_of: EngineDep, metrics: Metrics,
     @router.post("/search/batch", response_model=BatchSearchResponse)
     async def search_batch(body: BatchSearchRequest, request: Request) -> Response:  # type: ignore[valid-type]
         """Several searches in one call; each result equals what `POST /v1/search` returns for it."""
-        engine = engine_of(request)
         requests = body.requests  # type: ignore[attr-defined]
         if len(requests) > settings.server.max_batch:
             raise InvalidRequestError(
@@ -194,7 +201,8 @@ def search_router(settings: Settings, engine_of: EngineDep, metrics: Metrics,
         for i, req in enumerate(requests):
             check_limits(req, settings, prefix=f"requests.{i}.")
         start = time.perf_counter()
-        results = await run_in_threadpool(engine.search_batch, requests)
+        async with admit(), lease(request) as gen:
+            results = await run_in_threadpool(gen.engine.search_batch, requests)
         for resp in results:
             metrics.observe_search(resp)
         total_ms = (time.perf_counter() - start) * 1e3
@@ -203,30 +211,51 @@ def search_router(settings: Settings, engine_of: EngineDep, metrics: Metrics,
     return router
 
 
-def documents_router(engine_of: EngineDep) -> APIRouter:
+def documents_router(lease: Lease) -> APIRouter:
     router = APIRouter(tags=["documents"])
 
     @router.get("/documents/{doc_id:path}", response_model=DocumentResponse,
                 responses={404: {"model": ErrorResponse, "description": "No such document."}})
     async def get_document(doc_id: str, request: Request) -> DocumentResponse:
         """One stored document by its corpus `_id`."""
-        return await run_in_threadpool(engine_of(request).document, doc_id)
+        async with lease(request) as gen:
+            return await run_in_threadpool(gen.engine.document, doc_id)
 
     return router
 
 
-def index_router(engine_of: EngineDep) -> APIRouter:
+def _info(gen: Generation) -> IndexInfo:
+    return gen.engine.info().model_copy(update={"generation": gen.number})
+
+
+def index_router(lease: Lease) -> APIRouter:
     router = APIRouter(tags=["index"])
 
     @router.get("/index", response_model=IndexInfo)
     async def index_info(request: Request) -> IndexInfo:
-        """The loaded index: manifest, document count, retrievers, default fusion, query encoders."""
-        return engine_of(request).info()
+        """The loaded index: manifest, document count, retrievers, default fusion, query encoders, and
+        the generation served (1 at start, +1 per hot swap)."""
+        async with lease(request) as gen:
+            return _info(gen)
 
     return router
 
 
-def ops_router(settings: Settings, engine_of: EngineDep, metrics: Metrics) -> APIRouter:
+def admin_router(reload: Callable[[Request], Awaitable[Generation]]) -> APIRouter:
+    router = APIRouter(tags=["admin"])
+
+    @router.post("/admin/reload", response_model=IndexInfo,
+                 responses={503: {"model": ErrorResponse, "description": "The new index could not be "
+                                  "opened (the previous generation keeps serving) or the server is stopping."}})
+    async def reload_index(request: Request) -> IndexInfo:
+        """Open the index now published at the served path, warm it and swap it in between requests.
+        Requests in flight finish on their generation; a failed open keeps the old one serving."""
+        return _info(await reload(request))
+
+    return router
+
+
+def ops_router(settings: Settings, ready: Callable[[Request], Generation], metrics: Metrics) -> APIRouter:
     from trident_search.service.metrics import CONTENT_TYPE
 
     router = APIRouter(tags=["ops"])
@@ -238,8 +267,8 @@ def ops_router(settings: Settings, engine_of: EngineDep, metrics: Metrics) -> AP
 
     @router.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz(request: Request) -> dict[str, str]:
-        """Readiness: 200 only once the index is loaded and searchable."""
-        engine_of(request)
+        """Readiness: 200 only once the index is loaded and searchable, and not while shutting down."""
+        ready(request)
         return {"status": "ready", "index": str(settings.server.index)}
 
     @router.get("/metrics", response_class=Response)

@@ -32,6 +32,22 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(1_000_000, ge=1_024)
     max_batch: int = Field(64, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    drain_s: float = Field(
+        10.0, ge=0, le=3600,
+        description="On SIGTERM/SIGINT, requests in flight get this long to finish (the drain deadline).")
+    max_inflight: int = Field(
+        8, ge=1, le=1024,
+        description="Searches (single or batch) running at once per worker. Each uses up to "
+                    "search_threads threads, so 8 x 3 keeps a 16-core machine busy without "
+                    "oversubscribing it (and stays under the 40-thread request pool).")
+    max_queue: int = Field(
+        32, ge=0, le=100_000,
+        description="Searches waiting for a slot; past max_inflight + max_queue a search gets 429 "
+                    "with Retry-After instead of unbounded latency.")
+    watch_s: float = Field(
+        1.0, ge=0, le=3600,
+        description="Poll the served index path this often and hot-swap a newly published index (0: off; "
+                    "POST /v1/admin/reload still works).")
 
     @field_validator("api_key")
     @classmethod
