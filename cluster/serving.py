@@ -54,6 +54,9 @@ class ShardServer:
 
     def __init__(self, shard_dir: str, query_backend: str = "onnx", threads: int = 3) -> None:
         self.index = LocalIndex.open(shard_dir, query_backend=query_backend, threads=threads)
+        from trident_search.cluster.bm25_stats import restore_bm25_stats
+
+        restore_bm25_stats(self.index, shard_dir)  # a restarted replica: the router's last global stats
         # Compile and page in every query path now: a shard that reports ready meets its deadlines.
         for name in self.index.retrievers:
             options = get(name).options
@@ -321,7 +324,7 @@ def connect_sharded(
     shards.wait_ready(load_timeout_s)
     from trident_search.cluster.bm25_stats import refresh_bm25_stats
 
-    refresh_bm25_stats(shards)  # BM25 scores as single-node: every shard gets global statistics
+    refresh_bm25_stats(shards, path)  # BM25 scores as single-node: every shard gets global statistics
     log.info("serving %s: %d documents in %d shards x %d replicas", path, manifest.doc_count,
              manifest.n_shards, replicas)
     names = list(first.retrievers)

@@ -27,7 +27,8 @@ from trident_search.indexers.hits import Hit
 from trident_search.indexers.retriever import RetrieverOptions
 
 MODES = ("flat", "multifield")
-SHARDS = (2, 4)
+BUILDS = {"flat": (1, 2, 4), "multifield": (1, 2)}  # (mode, shard count) pairs built once
+CASES = [(mode, n) for mode, ns in BUILDS.items() for n in ns if n > 1]
 JAVA = Path(jvm.__file__).parent / "bm25" / "java"
 
 
@@ -58,8 +59,8 @@ def built(tmp_path_factory, docs) -> dict[tuple[str, int], list[Path]]:
     """(mode, n) -> index folders: n = 1 is the single-node index."""
     root = tmp_path_factory.mktemp("bm25-global")
     out = {}
-    for mode in MODES:
-        for n in (1, *SHARDS):
+    for mode, ns in BUILDS.items():
+        for n in ns:
             paths = []
             for s, part in enumerate(_split(docs, n)):
                 path = root / f"{mode}-{n}-{s}"
@@ -112,8 +113,7 @@ def _assert_equal_up_to_ties(single: list[Hit], merged: list[Hit], deeper: dict[
         assert {h.docid for h in single if h.score > cut} == {h.docid for h in merged if h.score > cut}
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("n", SHARDS)
+@pytest.mark.parametrize(("mode", "n"), CASES)
 def test_shards_with_global_stats_score_bit_for_bit_as_single_node(loaded, queries, mode, n):
     single, = loaded[mode, 1]
     shards = _with_global(loaded[mode, n])
@@ -125,8 +125,7 @@ def test_shards_with_global_stats_score_bit_for_bit_as_single_node(loaded, queri
         assert got == expected, query
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("n", SHARDS)
+@pytest.mark.parametrize(("mode", "n"), CASES)
 def test_merged_top_k_equals_single_node_up_to_ties(loaded, queries, mode, n):
     single, = loaded[mode, 1]
     shards = _with_global(loaded[mode, n])
@@ -172,39 +171,30 @@ def test_part_answers_in_internal_ids_and_takes_global_stats(loaded, docs, queri
             == results.ids[1:3].tolist()
 
 
-def test_statistics_follow_shard_changes(tmp_path, docs, queries):
-    """A shard gains documents (here: a rebuilt shard): the old statistics are refused, gathering
-    them again restores equality with the single-node index of the new corpus."""
-    n = 2
-    before, after = docs[:400], docs
+def test_statistics_follow_shard_changes(tmp_path, built, loaded, docs, queries):
+    """Shards change (here: each shard of the first 400 documents is replaced by its share of all
+    500): the old statistics are refused, gathering them again restores equality with the
+    single-node index of the new corpus."""
     paths = []
-    for s, part in enumerate(_split(before, n)):
+    for s, part in enumerate(_split(docs[:400], 2)):
         BM25Index.build(part, tmp_path / f"s{s}", fields="flat", threads=1)
         paths.append(tmp_path / f"s{s}")
-    BM25Index.build(after, tmp_path / "single", fields="flat", threads=1)
     shards = [BM25Index.load(p) for p in paths]
-    single = BM25Index.load(tmp_path / "single")
+    single, = loaded["flat", 1]
     try:
-        _with_global(shards)
-        old = shards[0].global_stats
-        # Shard 0 changes: rebuilt with its share of the whole corpus, reopened.
-        shards[0].close()
-        shutil.rmtree(paths[0])
-        BM25Index.build(_split(after, n)[0], paths[0], fields="flat", threads=1)
-        shards[0] = BM25Index.load(paths[0])
+        old = _with_global(shards)[0].global_stats
+        for s, path in enumerate(built["flat", 2]):
+            shards[s].close()
+            shards[s] = BM25Index.load(path)  # the changed shard, reopened
         with pytest.raises(ValueError, match="gather them again"):
             shards[0].set_global_stats(old)
-        shards[1].close()
-        shutil.rmtree(paths[1])
-        BM25Index.build(_split(after, n)[1], paths[1], fields="flat", threads=1)
-        shards[1] = BM25Index.load(paths[1])
+        assert shards[0].global_stats is None
         _with_global(shards)  # refreshed
         for query in queries[:20]:
             expected = _raw_scores(single, query)
             got = {**_raw_scores(shards[0], query), **_raw_scores(shards[1], query)}
             assert got == expected
     finally:
-        single.close()
         for s in shards:
             s.close()
 
