@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def build_sharded(
         for sub in ("parts", "encoded"):
             shutil.rmtree(work / sub, ignore_errors=True)
         manifest = ShardedManifest(
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             doc_count=report.valid,
             corpus={"path": str(source), "fingerprint": report.fingerprint, "skipped": report.skipped},
             n_shards=shards,
@@ -185,7 +185,8 @@ class EncodeActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         import pyarrow as pa
 
-        docs = [Document(str(i), str(t), str(x)) for i, t, x in zip(batch["id"], batch["title"], batch["text"])]
+        rows = zip(batch["id"], batch["title"], batch["text"], strict=True)
+        docs = [Document(str(i), str(t), str(x)) for i, t, x in rows]
         columns: dict[str, Any] = {
             "shard": pa.array(batch["shard"], pa.int32()),
             "pos": pa.array(batch["pos"], pa.int64()),

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,12 @@ class _Job:
         state_file = self.work / STATE
         if self.work.exists() and resume:
             if (self.work / MANIFEST).is_file():
+                made_by = Manifest.load(self.work).extra.get(IDENTITY_KEY)
+                if made_by != self._identity_digest():
+                    raise BuildError(
+                        f"the finished build in {self.work} was made from another corpus or with other "
+                        "settings; rerun with the same ones, or without --resume to start over"
+                    )
                 log.info("resuming: %s is complete, installing it", self.work)
                 return
             if state_file.is_file():
@@ -503,7 +509,7 @@ class _Job:
         for name in retrievers:
             params[name] = self.state["params"][name]
         manifest = Manifest(
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             doc_count=self.n_docs,
             corpus={
                 "path": str(self.source),

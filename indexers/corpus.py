@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from trident_search.errors import TridentError
 
@@ -78,7 +78,7 @@ def corpus_file(path: str | Path) -> Path:
 def _open(path: Path) -> IO[bytes]:
     """Lines are read as bytes and decoded one by one, so a bad byte is reported with its line."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
 
 

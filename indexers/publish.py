@@ -187,6 +187,8 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def describe_os_error(exc: OSError, *, out: Path | None = None) -> str:
     """One line for a filesystem error: what failed, where, and what to do."""
+    if exc.errno is None:  # raised with a message of ours (e.g. "corpus not found: ...")
+        return str(exc)
     where = exc.filename or (out if out is not None else "")
     ours = out is not None and str(where).startswith(str(out.parent))
     target = "choose another --out" if ours else "fix the path"

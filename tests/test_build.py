@@ -6,6 +6,7 @@ checkpoints. The registry, publish and fault tests use a toy retriever defined h
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -13,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import errno
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,8 @@ def test_kill_during_encoding_keeps_old_index_and_resume_is_identical(
     out = tmp_path / "index"
     shutil.copytree(reference, out)  # a previous good index at --out
     before = _checksums(out)
-    cmd = [sys.executable, "-m", "trident_search.indexers", "build", "--corpus", str(corpus), "--out", str(out), *CLI_OPTIONS]
+    cmd = [sys.executable, "-m", "trident_search.indexers", "build", "--corpus", str(corpus), "--out", str(out),
+           *CLI_OPTIONS]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shard = work_dir(out) / "checkpoints" / "sparse" / "000001.npz"
     deadline = time.monotonic() + 300
@@ -242,9 +243,11 @@ def test_corpus_errors_name_file_and_line(tmp_path: Path, case: str) -> None:
 
 def test_skip_invalid_counts_and_builds_the_rest(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
-    good = [b'{"_id": "a", "title": "Aspirin", "text": "reduces fever"}', b'{"_id": "b", "text": "statins and the heart"}']
+    good = [b'{"_id": "a", "title": "Aspirin", "text": "reduces fever"}',
+            b'{"_id": "b", "text": "statins and the heart"}']
     empty = b'{"_id": "e", "title": " ", "text": ""}'  # valid: indexed and counted, never skipped
-    corpus.write_bytes(b"\n".join([good[0], *(BAD_RECORDS[c][0] for c in sorted(BAD_RECORDS)), empty, good[1]]) + b"\n")
+    bad = [BAD_RECORDS[c][0] for c in sorted(BAD_RECORDS)]
+    corpus.write_bytes(b"\n".join([good[0], *bad, empty, good[1]]) + b"\n")
     out = tmp_path / "idx"
     result = CliRunner().invoke(
         index_app,
@@ -452,7 +455,8 @@ def test_resume_of_a_published_build_does_nothing(tmp_path: Path, toy: ToyRetrie
     again = build_index(corpus, tmp_path / "idx", _toy_config(), resume=True)
     assert ToyEncoder.calls == calls and again.created_at == first.created_at
     _toy_corpus(corpus, 3, "b")  # the corpus changed: rebuilt
-    assert build_index(corpus, tmp_path / "idx", _toy_config(), resume=True).corpus["fingerprint"] != first.corpus["fingerprint"]
+    rebuilt = build_index(corpus, tmp_path / "idx", _toy_config(), resume=True)
+    assert rebuilt.corpus["fingerprint"] != first.corpus["fingerprint"]
 
 
 # -- full disk, read-only target, permissions: one line, nothing left but checkpoints ----------------
@@ -509,7 +513,8 @@ def test_enospc_on_a_checkpoint_leaves_no_partial_file(
     assert [p.name for p in (work_dir(out) / "checkpoints" / "toy").iterdir()] == ["000000.npy"]
     monkeypatch.undo()
     manifest = build_index(corpus, out, _toy_config(), resume=True)
-    assert manifest.doc_count == 5 and ToyEncoder.calls == 2 + 2 + 3  # shards 0 and 1 (lost to the full disk), then 1 and 2 again
+    # shards 0 and 1 (lost to the full disk), then 1 and 2 again
+    assert manifest.doc_count == 5 and ToyEncoder.calls == 2 + 2 + 3
 
 
 def test_enospc_before_any_checkpoint_leaves_nothing(
