@@ -46,6 +46,7 @@ def serve(
     """Serve an index over HTTP (docs at /docs). Starts even without an index; /readyz says why."""
     import uvicorn
 
+    _check_port(host, port)
     if ray_address is not None:  # this process becomes the router of a sharded index (cluster/)
         from trident_search.errors import TridentError
 
@@ -56,7 +57,6 @@ def serve(
             raise typer.BadParameter(exc.message, param_hint="--index") from None
         return
 
-    _check_port(host, port)
     # Settings travel by environment so every worker process reads the same ones.
     os.environ["TRIDENT_INDEX"] = str(index)
     os.environ["TRIDENT_QUERY_BACKEND"] = query_backend
