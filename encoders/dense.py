@@ -21,8 +21,10 @@ class DenseEncoder(SentenceTransformersEncoder):
         >>> encoder.encode_queries(["high blood pressure"]).shape
         (1, 384)
 
-    ``backend="onnx"`` runs queries through a cached int8 ONNX Runtime graph (a few ms per query on one CPU
-    thread instead of ~16 ms with torch); documents always go through torch.
+    Documents (``backend="auto"``, the default): int8 ONNX Runtime on CPU, torch with fp16 autocast on a GPU,
+    in length-bucketed batches (see `trident_search.encoders.sparse.SparseEncoder`); ``backend="torch"``
+    keeps them in torch. Queries: torch, or with ``backend="onnx"`` the int8 graph (a few ms per query on one
+    CPU thread instead of ~16 ms with torch).
     """
 
     def __init__(
@@ -33,15 +35,19 @@ class DenseEncoder(SentenceTransformersEncoder):
         max_length: int = 256,
         batch_size: int = 32,
         threads: int | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
+        precision: str = "auto",
+        token_budget: int | None = None,
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
         super().__init__(
             SentenceTransformer, model, DENSE_DEFAULT, device=device, max_length=max_length,
             batch_size=batch_size, threads=threads, backend=backend,
+            precision=precision, token_budget=token_budget,
         )
         self._attach_onnx()
+        self._attach_documents(width=self.dim)
 
     @property
     def dim(self) -> int:
@@ -50,7 +56,10 @@ class DenseEncoder(SentenceTransformersEncoder):
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Encode documents (join title and body with `trident_search.encoders.text.document_text` first): ``(n, dim)``."""
-        return self._encode_torch(check_texts(texts), document=True)
+        items = check_texts(texts)
+        if self._documents is None or not items:
+            return self._encode_torch(items, document=True)
+        return self._documents.encode(items)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Encode queries (through ONNX Runtime when ``backend="onnx"``): ``(n, dim)``."""

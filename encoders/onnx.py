@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,20 +118,8 @@ class OnnxQueryModel:
         cls, model: Any, source: ModelSource, *, max_length: int, threads: int | None
     ) -> OnnxQueryModel:
         """Load the cached graph for ``model`` (exporting and quantising it on first use)."""
-        pooling = graph_pooling(model)
-        tokenizer = model.tokenizer
-        sample = tokenizer(["export sample"], return_tensors="np")
-        input_names = [name for name in INPUT_NAMES if name in sample]
-        folder = cache_root() / _cache_key(source, pooling, input_names)
-        if not (folder / MODEL_FILE).is_file():
-            try:
-                _export(model, source, pooling, input_names, folder)
-            except OSError as exc:
-                raise EncoderError(
-                    f"cannot write the ONNX export of {source.name!r} under {folder.parent}: {exc}; "
-                    "set TRIDENT_CACHE to a writable folder or use backend='torch'"
-                ) from exc
-        return cls(_session(folder / MODEL_FILE, threads), tokenizer, input_names, max_length)
+        graph = cached_graph(model, source)
+        return cls(make_session(graph.path, threads or 1), model.tokenizer, graph.input_names, max_length)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Vectors of ``texts``, float32 ``(n, dim)``."""
@@ -146,6 +135,40 @@ class OnnxQueryModel:
         }
         feed = {name: np.asarray([arrays[name]], dtype=np.int64) for name in self._input_names}
         return self._session.run(None, feed)[0].astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class CachedGraph:
+    """An exported int8 graph on disk: its file, its inputs, the pooling inside it."""
+
+    path: Path
+    input_names: list[str]
+    pooling: Pooling
+
+
+def cached_graph(model: Any, source: ModelSource) -> CachedGraph:
+    """The cached int8 graph of ``model`` (exported and quantised on first use).
+
+    Queries and documents share it: both axes (batch and sequence) are dynamic.
+    """
+    pooling = graph_pooling(model)
+    sample = model.tokenizer(["export sample"], return_tensors="np")
+    input_names = [name for name in INPUT_NAMES if name in sample]
+    folder = cache_root() / _cache_key(source, pooling, input_names)
+    if not (folder / MODEL_FILE).is_file():
+        try:
+            _export(model, source, pooling, input_names, folder)
+        except OSError as exc:
+            raise EncoderError(
+                f"cannot write the ONNX export of {source.name!r} under {folder.parent}: {exc}; "
+                "set TRIDENT_CACHE to a writable folder or use backend='torch'"
+            ) from exc
+    return CachedGraph(folder / MODEL_FILE, input_names, pooling)
+
+
+def fast_tokenizer(tokenizer: Any, max_length: int) -> Any:
+    """Public name of `_fast_tokenizer` (the document pipeline tokenises with it too)."""
+    return _fast_tokenizer(tokenizer, max_length)
 
 
 def _fast_tokenizer(tokenizer: Any, max_length: int) -> Any:
@@ -234,12 +257,13 @@ def _export(model: Any, source: ModelSource, pooling: Pooling, input_names: list
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _session(path: Path, threads: int | None) -> Any:
-    """A CPU session with ``threads`` intra-op threads (1 by default: single queries don't gain from more)."""
+def make_session(path: Path, threads: int) -> Any:
+    """A CPU session with ``threads`` intra-op threads (1 for queries: single queries don't gain from more;
+    every core for document batches)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

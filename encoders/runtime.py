@@ -69,11 +69,21 @@ def check_positive(*, allow_none: bool = False, **options: int | None) -> None:
             raise EncoderConfigError(f"{option} must be a positive integer, got {value!r}")
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 
 def check_backend(backend: str) -> str:
-    """Validate the query backend option."""
+    """Validate the backend option (``auto``: int8 ONNX documents on CPU, torch on a GPU; torch queries)."""
     if backend not in BACKENDS:
         raise EncoderConfigError(f"unknown backend {backend!r}; valid values: {', '.join(BACKENDS)}")
     return backend
+
+
+def check_precision(precision: str, device: str) -> str:
+    """Validate the document precision option (``auto``: int8 for ONNX, fp16 on a GPU, fp32 for torch on CPU)."""
+    if precision not in PRECISIONS:
+        raise EncoderConfigError(f"unknown precision {precision!r}; valid values: {', '.join(PRECISIONS)}")
+    if precision in ("fp16", "bf16") and not device.startswith("cuda"):
+        raise EncoderConfigError(f"precision={precision!r} needs a CUDA device; on CPU use 'auto' (int8 ONNX) or 'fp32'")
+    return precision
