@@ -150,7 +150,7 @@ def test_toy_retriever_fuses_and_explains(client: TestClient) -> None:
         assert set(hit["explain"]) == {"bm25", "tfidf"}
         parts = [e["weighted_score"] for e in hit["explain"].values()]
         assert hit["score"] == pytest.approx(sum(parts))
-    filtered = client.post("/v1/search", json={"query": "bone", "mode": "tfidf", "k": 40,
+    filtered = client.post("/v1/search", json={"query": "the patients cells", "mode": "tfidf", "k": 40,
                                                "filters": {"half": "b"}}).json()
     assert filtered["hits"] and all(h["metadata"]["half"] == "b" for h in filtered["hits"])
 
