@@ -154,6 +154,12 @@ def _allowed_methods(request: Request) -> str:
 
 
 def _route(scope: Scope) -> str:
+    """The matched route's full path template (FastAPI >= 0.16x keeps included routers nested, and
+    ``scope["route"]`` is then the inner route without the ``/v1`` prefix)."""
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(context, "path", None)
+    if isinstance(path, str):
+        return path
     route = scope.get("route")
     return getattr(route, "path", "unmatched")
 
