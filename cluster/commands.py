@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -31,20 +30,20 @@ def build(
     ),
     encode_workers: int = typer.Option(2, min=1, help="Encoder actors (one model load each)."),
     worker_gpus: float = typer.Option(0.0, min=0.0, help="GPUs per encoder actor (0: CPU)."),
-    retrievers: Optional[str] = index_cli.RETRIEVERS,
-    sparse_model: Optional[str] = index_cli.SPARSE_MODEL,
-    dense_model: Optional[str] = index_cli.DENSE_MODEL,
+    retrievers: str | None = index_cli.RETRIEVERS,
+    sparse_model: str | None = index_cli.SPARSE_MODEL,
+    dense_model: str | None = index_cli.DENSE_MODEL,
     device: str = index_cli.DEVICE,
     batch_size: int = index_cli.BATCH_SIZE,
     max_length: int = index_cli.MAX_LENGTH,
     shard_size: int = index_cli.SHARD_SIZE,
-    threads: Optional[int] = index_cli.THREADS,
-    bm25_fields: Optional[str] = index_cli.BM25_FIELDS,
-    bm25_threads: Optional[int] = index_cli.BM25_THREADS,
-    sparse_doc_top_k: Optional[int] = index_cli.SPARSE_DOC_TOP_K,
+    threads: int | None = index_cli.THREADS,
+    bm25_fields: str | None = index_cli.BM25_FIELDS,
+    bm25_threads: int | None = index_cli.BM25_THREADS,
+    sparse_doc_top_k: int | None = index_cli.SPARSE_DOC_TOP_K,
     sparse_param: list[str] = index_cli.SPARSE_PARAM,
-    dense_factory: Optional[str] = index_cli.DENSE_FACTORY,
-    dense_ef_construction: Optional[int] = index_cli.DENSE_EF_CONSTRUCTION,
+    dense_factory: str | None = index_cli.DENSE_FACTORY,
+    dense_ef_construction: int | None = index_cli.DENSE_EF_CONSTRUCTION,
     param: list[str] = index_cli.PARAM,
     skip_invalid: bool = index_cli.SKIP_INVALID,
     debug: bool = index_cli.DEBUG,

@@ -7,20 +7,31 @@ ids, which this module maps to external ids once, so fusion and users only ever 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from trident_search.errors import IndexLoadError, InvalidRequestError, TridentError
-from trident_search.indexers.docstore import DocStore, FilterError, StoredDoc
+from trident_search.indexers.docstore import DocStore, FilterError, StoredDoc, has_live_log
 from trident_search.indexers.hits import Hit
 from trident_search.indexers.manifest import Manifest
-from trident_search.indexers.retriever import Part, QueryEncoder, RetrieverOptions, get
+from trident_search.indexers.retriever import (
+    Part,
+    QueryEncoder,
+    Results,
+    RetrieverOptions,
+    WritesUnsupportedError,
+    get,
+)
+
+if TYPE_CHECKING:
+    from trident_search.core.live import LiveWriter
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +83,12 @@ class LocalIndex:
         self.encoders = encoders
         self.retrievers = list(parts)
         self.external_ids = docstore.external_ids()
+        # Live writes (core/live.py): what searches see, swapped as one tuple when a write is
+        # published: the external id of every internal id, the live mask (None: nothing deleted)
+        # and the number of internal ids.
+        self.view: tuple[np.ndarray, np.ndarray | None, int] = (self.external_ids, None, len(self.external_ids))
+        self.live: LiveWriter | None = None
+        self._live_lock = threading.Lock()
         # The calling thread runs one retriever itself, so the pool needs one thread fewer.
         self._pool = ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="trident-retriever")
 
@@ -83,7 +100,8 @@ class LocalIndex:
         if not path.is_dir():
             raise IndexLoadError(f"no index at {path}: the folder does not exist")
         manifest = Manifest.load(path)
-        check_files(path, manifest.files)
+        written = has_live_log(path / "docs.sqlite")
+        check_files(path, _unwritten(manifest.files) if written else manifest.files)
         wanted = list(manifest.retrievers if retrievers is None else retrievers)
         missing = [r for r in wanted if r not in manifest.retrievers]
         if missing:
@@ -110,10 +128,45 @@ class LocalIndex:
             raise
         log.info("opened %s: %d documents, retrievers %s, query backend %s", path, manifest.doc_count,
                  ", ".join(parts), query_backend)
-        return cls(path, manifest, docstore, parts, encoders, threads=threads)
+        index = cls(path, manifest, docstore, parts, encoders, threads=threads)
+        if written:  # replay the logged writes the parts had not absorbed
+            try:
+                index.writer().replay()
+            except BaseException:
+                index.close()
+                raise
+        return index
+
+    # -- live writes (core/live.py) ----------------------------------------------------------------
+    def writer(self) -> LiveWriter:
+        """The index's one :class:`LiveWriter`, made on first use (WritesUnsupportedError if a part
+        cannot take writes or the folder is read-only)."""
+        with self._live_lock:
+            if self.live is None:
+                from trident_search.core.live import LiveWriter
+                from trident_search.indexers.docstore import DocStoreError
+
+                try:
+                    self.live = LiveWriter(self)
+                except DocStoreError as exc:
+                    raise WritesUnsupportedError(str(exc)) from None
+            return self.live
+
+    def publish(self, deleted: np.ndarray) -> None:
+        """Make the written documents searchable: the new id array and live mask, in one swap."""
+        self.docstore._external_ids = None
+        ext = self.docstore.external_ids()
+        live = None
+        if deleted.size:
+            live = np.ones(len(ext), dtype=bool)
+            live[deleted] = False
+        self.view = (ext, live, len(ext))
+        self.external_ids = ext
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self.live is not None:
+            self.live.close()
         for part in self.parts.values():
             part.close()
         for enc in self.encoders.values():
@@ -121,14 +174,18 @@ class LocalIndex:
         self.docstore.close()
 
     # -- retrieval --------------------------------------------------------------------------------
-    def mask(self, filters: Mapping[str, Any]) -> np.ndarray | None:
-        """The filters as a bool mask over internal ids (None when every document passes)."""
+    def mask(self, filters: Mapping[str, Any], view: tuple[np.ndarray, np.ndarray | None, int] | None = None,
+             ) -> np.ndarray | None:
+        """The filters (and deletes) as a bool mask over internal ids (None when every document passes)."""
+        _, live, n = view or self.view
         if not filters:
-            return None
+            return live
         try:
-            mask = self.docstore.matching(dict(filters))
+            mask = self.docstore.matching(dict(filters))[:n]
         except FilterError as exc:
             raise InvalidRequestError(str(exc), field="filters") from None
+        if live is not None:
+            mask &= live
         # A filter every document passes costs nothing downstream.
         return None if mask.all() else mask
 
@@ -144,12 +201,16 @@ class LocalIndex:
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        allowed = self.mask(filters)
+        view = self.view
+        allowed = self.mask(filters, view)
         if filters:
             timings["filter"] = ms_since(start)
         given = vectors or {}
+        # A part that drops deleted documents itself needs no mask when there is no filter.
+        masks = {n: None if not filters and self.parts[n].applies_deletes else allowed for n in calls}
         tasks: dict[str, Callable[[], RetrieverRun]] = {
-            name: (lambda n=name: self._run_one(n, query, calls[n], allowed, given.get(n))) for name in calls
+            name: (lambda n=name: self._run_one(n, query, calls[n], masks[n], given.get(n), view[0]))
+            for name in calls
         }
         names = list(tasks)
         futures: dict[str, Future[RetrieverRun]] = {n: self._pool.submit(tasks[n]) for n in names[1:]}
@@ -159,7 +220,7 @@ class LocalIndex:
         return Retrieved({n: runs[n] for n in names}, timings)
 
     def _run_one(self, name: str, query: str, call: RetrieverCall, allowed: np.ndarray | None,
-                 encoded: Any) -> RetrieverRun:
+                 encoded: Any, external_ids: np.ndarray | None = None) -> RetrieverRun:
         timings: dict[str, float] = {}
         if encoded is None:
             start = time.perf_counter()
@@ -168,7 +229,12 @@ class LocalIndex:
         start = time.perf_counter()
         res = self.parts[name].search(encoded, call.depth, allowed=allowed, options=call.options)
         timings[name] = ms_since(start)
-        ext = self.external_ids[res.ids]
+        external = self.external_ids if external_ids is None else external_ids
+        ids = res.ids
+        if ids.size and int(ids.max()) >= external.size:  # written, not yet published
+            ids, keep = ids[ids < external.size], ids < external.size
+            res = Results(ids, res.scores[keep], res.warning)
+        ext = external[ids]
         hits = [Hit(str(d), float(s)) for d, s in zip(ext, res.scores.tolist(), strict=True)]
         return RetrieverRun(hits, timings, res.warning)
 
@@ -182,7 +248,8 @@ class LocalIndex:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "path": str(self.path), "doc_count": self.manifest.doc_count,
+            "path": str(self.path),
+            "doc_count": self.manifest.doc_count if self.live is None else self.live.stats()["live_documents"],
             "query_encoders": {n: e.description for n, e in self.encoders.items()},
             "manifest": self.manifest.to_dict(),
         }
@@ -194,6 +261,21 @@ def _check_revision(name: str, encoder: QueryEncoder, manifest: Manifest) -> Non
     if built and revision and revision != built:
         log.warning("%s query encoder is revision %s, the index was built with %s; rankings may suffer",
                     name, revision, built)
+
+
+def _unwritten(files: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The manifest's files that live writes leave as built: not the docstore, nor the folders of
+    retrievers that write in place (``Retriever.writes_in_place``: BM25's Lucene segments)."""
+    def kept(rel: str) -> bool:
+        top = rel.split("/", 1)[0]
+        if top.startswith("docs.sqlite"):
+            return False
+        try:
+            return not getattr(get(top), "writes_in_place", False)
+        except Exception:  # not a retriever's folder
+            return True
+
+    return {rel: meta for rel, meta in files.items() if kept(rel)}
 
 
 def check_files(root: Path, files: dict[str, dict[str, Any]]) -> None:

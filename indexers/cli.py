@@ -9,7 +9,7 @@ import logging
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -62,20 +62,20 @@ DEBUG = typer.Option(False, "--debug", help="Show the traceback of an error.")
 
 def build_config(
     *,
-    retrievers: Optional[str],
+    retrievers: str | None,
     device: str,
     batch_size: int,
     max_length: int,
     shard_size: int,
-    threads: Optional[int],
-    sparse_model: Optional[str] = None,
-    dense_model: Optional[str] = None,
-    bm25_fields: Optional[str] = None,
-    bm25_threads: Optional[int] = None,
-    sparse_doc_top_k: Optional[int] = None,
+    threads: int | None,
+    sparse_model: str | None = None,
+    dense_model: str | None = None,
+    bm25_fields: str | None = None,
+    bm25_threads: int | None = None,
+    sparse_doc_top_k: int | None = None,
     sparse_param: Sequence[str] = (),
-    dense_factory: Optional[str] = None,
-    dense_ef_construction: Optional[int] = None,
+    dense_factory: str | None = None,
+    dense_ef_construction: int | None = None,
     param: Sequence[str] = (),
 ) -> BuildConfig:
     """The BuildConfig the build options ask for: the named flags map into per-retriever params,
@@ -155,20 +155,20 @@ def print_summary(out: Path, manifest: Any) -> None:
 def build(
     corpus: Path = CORPUS,
     out: Path = OUT,
-    retrievers: Optional[str] = RETRIEVERS,
-    sparse_model: Optional[str] = SPARSE_MODEL,
-    dense_model: Optional[str] = DENSE_MODEL,
+    retrievers: str | None = RETRIEVERS,
+    sparse_model: str | None = SPARSE_MODEL,
+    dense_model: str | None = DENSE_MODEL,
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,
     max_length: int = MAX_LENGTH,
     shard_size: int = SHARD_SIZE,
-    threads: Optional[int] = THREADS,
-    bm25_fields: Optional[str] = BM25_FIELDS,
-    bm25_threads: Optional[int] = BM25_THREADS,
-    sparse_doc_top_k: Optional[int] = SPARSE_DOC_TOP_K,
+    threads: int | None = THREADS,
+    bm25_fields: str | None = BM25_FIELDS,
+    bm25_threads: int | None = BM25_THREADS,
+    sparse_doc_top_k: int | None = SPARSE_DOC_TOP_K,
     sparse_param: list[str] = SPARSE_PARAM,
-    dense_factory: Optional[str] = DENSE_FACTORY,
-    dense_ef_construction: Optional[int] = DENSE_EF_CONSTRUCTION,
+    dense_factory: str | None = DENSE_FACTORY,
+    dense_ef_construction: int | None = DENSE_EF_CONSTRUCTION,
     param: list[str] = PARAM,
     resume: bool = typer.Option(False, help="Continue an interrupted build of --out from its checkpoints."),
     skip_invalid: bool = SKIP_INVALID,
