@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from trident_search.errors import TridentError
+from trident_search.errors import InvalidRequestError, TridentError
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -124,6 +124,39 @@ class Part(ABC):
     def close(self) -> None:  # noqa: B027 - parts over mmapped arrays hold nothing to release
         """Release files, threads or JVM objects."""
 
+    # -- live writes (optional; ``trident_search.core.live``) -----------------------------------
+    # A part that takes writes overrides :meth:`add` (and, if it can, :meth:`delete`); the defaults
+    # make an index with such a part refuse writes with a clear error. Internal ids of added
+    # documents always follow the ones the part already holds (n, n + 1, ...), and a replaced
+    # document is a delete of its old internal id plus an add. Deleted ids also reach every search
+    # through ``allowed`` (the live mask), except for a part with ``applies_deletes``, which is
+    # given ``allowed=None`` when no filter is set because it drops deleted documents itself.
+    applies_deletes: ClassVar[bool] = False
+
+    def add(self, internal_ids: np.ndarray, docs: Sequence[Document], encoded: Chunk | None) -> None:
+        """Make ``docs`` searchable under ``internal_ids`` (``encoded``: one row per document from
+        the retriever's :meth:`Retriever.document_encoder`, None for text-only retrievers)."""
+        raise WritesUnsupportedError(f"the {type(self).__name__} part does not take writes; rebuild the index")
+
+    def delete(self, internal_ids: np.ndarray, ext_ids: Sequence[str]) -> None:  # noqa: B027
+        """Drop documents. The default does nothing: the live mask hides them from searches."""
+
+    def refresh(self) -> None:  # noqa: B027
+        """Make every write so far visible to searches (after :meth:`add`/:meth:`delete`)."""
+
+    def commit(self, seq: int) -> None:  # noqa: B027
+        """Persist the writes up to log sequence number ``seq`` in the part's own files, if it keeps
+        them there (then :meth:`absorbed` returns ``seq`` after a restart)."""
+
+    def absorbed(self) -> int:
+        """The last log sequence number the part's files hold; the log is replayed after it on
+        open (0: the part keeps writes in memory only and replays the whole log)."""
+        return 0
+
+
+class WritesUnsupportedError(InvalidRequestError):
+    """A write sent to an index with a retriever (or a backend) that cannot take writes."""
+
 
 @dataclass(frozen=True, slots=True)
 class BuildContext:
@@ -182,6 +215,21 @@ class Retriever(ABC):
     @abstractmethod
     def open(self, path: Path, manifest: Manifest, *, external_ids: np.ndarray) -> Part:
         """Open the part at ``path``; ``external_ids[i]`` is internal id i's corpus ``_id``."""
+
+    # -- live writes --------------------------------------------------------------------------
+    writes_in_place: ClassVar[bool] = False
+    """True when the part keeps live writes in its own files (they then differ from the manifest's)."""
+
+    def live_encoder(self, manifest: Manifest, *, device: str = "cpu", threads: int | None = None,
+                     batch_size: int = 32) -> DocumentEncoder | None:
+        """The encoder for documents written to a served index: by default the build's
+        :meth:`document_encoder` with the parameters the manifest recorded, so written documents
+        are encoded exactly as the batch build encoded the corpus."""
+        ctx = BuildContext(
+            params=dict(manifest.params.get(self.name) or {}), device=device, batch_size=batch_size,
+            max_length=int(manifest.params.get("max_length", 256)), threads=threads, n_docs=0,
+        )
+        return self.document_encoder(ctx)
 
 
 # -- the registry --------------------------------------------------------------------------------

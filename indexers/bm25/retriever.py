@@ -1,7 +1,7 @@
 """BM25 as a :class:`~trident_search.indexers.retriever.Retriever`: Lucene analyses the query text itself."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +9,8 @@ import numpy as np
 
 from trident_search.errors import IndexLoadError
 from trident_search.indexers.bm25._format import FIELDS
-from trident_search.indexers.bm25._search import MAX_QUERY_TERMS, BM25Index
+from trident_search.indexers.bm25._search import MAX_QUERY_TERMS, BM25Index, _filtered
+from trident_search.indexers.bm25._writer import BM25Writer, committed_seq, reconcile
 from trident_search.indexers.bm25._stats import GlobalStats
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.manifest import Manifest
@@ -46,6 +47,8 @@ class BM25Part(Part):
 
     def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
                options: RetrieverOptions) -> Results:
+        if self._writer is not None:
+            return self._search_live(query, depth, allowed)
         filter_ids = None if allowed is None else self._external[allowed].tolist()
         docs, scores = self.index.search_docs(query, depth, filter_ids=filter_ids)
         warning = None
@@ -61,7 +64,58 @@ class BM25Part(Part):
         """Score with the statistics of every shard (None: this index's own again)."""
         self.index.set_global_stats(stats)
 
+    # -- live writes (indexers/bm25/_writer.py) ---------------------------------------------------
+    applies_deletes = True  # Lucene drops deleted documents itself: no live mask needed
+    _writer: BM25Writer | None = None
+    _added: list[str]
+
+    def _live(self) -> BM25Writer:
+        if self._writer is None:  # opened on the first write: a read-only server takes no write.lock
+            self._writer = BM25Writer(self.index, self._internal)
+            self._added = []
+        return self._writer
+
+    def add(self, internal_ids: np.ndarray, docs: Sequence[Document], encoded: Any) -> None:
+        self._live().upsert(docs, internal_ids)
+        self._added.extend(d.id for d in docs)  # external ids of internal ids len(_external), ...
+
+    def delete(self, internal_ids: np.ndarray, ext_ids: Sequence[str]) -> None:
+        self._live().delete(ext_ids)
+
+    def refresh(self) -> None:
+        if self._writer is not None:
+            self._writer.refresh()
+
+    def commit(self, seq: int) -> None:
+        if self._writer is not None:
+            self._writer.commit(seq)
+
+    def absorbed(self) -> int:
+        return committed_seq(self.index.path)
+
+    def merge(self, seq: int, resolve: Callable[[Sequence[str]], np.ndarray]) -> None:
+        self._live().merge(seq, resolve)
+
+    def _search_live(self, query: Any, depth: int, allowed: np.ndarray | None) -> Results:
+        """:meth:`search` over the writer's latest reader (its doc ids and internal ids taken together)."""
+        lucene, internal = self._writer.state  # type: ignore[union-attr]
+        prepared = self.index.prepare(query)
+        warning = f"bm25: the query was cut to its first {MAX_QUERY_TERMS} terms" if prepared.truncated else None
+        if not prepared.text or (allowed is not None and not allowed.any()):
+            return Results(np.empty(0, np.int64), np.empty(0, np.float32), warning)
+        lucene_query = self.index._query(prepared.text)
+        if allowed is not None:
+            ids = np.flatnonzero(allowed)
+            base = self._external.size
+            ext = self._external[ids[ids < base]].tolist() + [self._added[i - base] for i in ids[ids >= base]]
+            lucene_query = _filtered(lucene_query, ext)
+        docs, scores = lucene.top(lucene_query, depth)
+        return Results(internal[docs], scores.astype(np.float32, copy=False), warning)
+
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         self.index.close()
 
 
@@ -70,6 +124,7 @@ class BM25Retriever(Retriever):
 
     name = "bm25"
     description = "BM25 over Lucene (Anserini's BEIR settings)"
+    writes_in_place = True  # live writes go to the Lucene index itself (_writer.py)
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Fail before any build work on a parameter ``write`` would reject."""
@@ -94,6 +149,7 @@ class BM25Retriever(Retriever):
         return IdentityQueryEncoder("Lucene analyzer")
 
     def open(self, path: Path, manifest: Manifest, *, external_ids: np.ndarray) -> Part:
+        reconcile(path)  # live writes: the params file's count follows the last Lucene commit
         return BM25Part(BM25Index.load(path), external_ids)
 
 

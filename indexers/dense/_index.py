@@ -91,6 +91,14 @@ class DenseIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def add(self, vectors: np.ndarray) -> None:
+        """Append vectors (live writes): row i gets internal id ``len(self) + i``. Removal is the
+        live mask's (``allowed``), so every index type takes writes; IVF lists must be trained."""
+        x = _as_matrix(vectors, self.dim)
+        if not self.index.is_trained:
+            raise DenseIndexError("the dense index is not trained; it cannot take writes")
+        self.index.add(x)
+
     @classmethod
     def build(
         cls,

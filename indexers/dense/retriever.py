@@ -1,7 +1,9 @@
 """Dense retrieval as a :class:`~trident_search.indexers.retriever.Retriever`."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +57,68 @@ class DenseDocumentEncoder(DocumentEncoder):
         return {"name": self.encoder.name, "revision": self.encoder.revision, "dim": self.encoder.dim}
 
 
+def _fit(mask: np.ndarray, n: int) -> np.ndarray:
+    """``mask`` cut or padded with False to ``n`` entries."""
+    return mask[:n] if mask.size >= n else np.concatenate([mask, np.zeros(n - mask.size, bool)])
+
+
+class _SharedLock:
+    """Many searches at once, or one write alone (writes are rare and short)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._writing = True  # new searches wait from here on
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class DensePart(Part):
     def __init__(self, index: DenseIndex) -> None:
         self.index = index
+        self._lock = _SharedLock()
 
     def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
                options: RetrieverOptions) -> Results:
-        ids, scores = self.index.search(query, depth, allowed=allowed, **options.knobs())
+        if allowed is not None and allowed.size != len(self.index):  # written, not yet published
+            allowed = _fit(allowed, len(self.index))
+        with self._lock.shared():
+            ids, scores = self.index.search(query, depth, allowed=allowed, **options.knobs())
         keep = ids[0] >= 0
         return Results(ids[0][keep], scores[0][keep])
+
+    def add(self, internal_ids: np.ndarray, docs: Sequence[Document], encoded: Any) -> None:
+        if internal_ids.size and int(internal_ids[0]) != len(self.index):
+            raise ValueError(f"dense: internal id {int(internal_ids[0])} written, {len(self.index)} expected")
+        with self._lock.exclusive():  # FAISS may reallocate its storage: no search beside it
+            self.index.add(np.asarray(encoded, dtype=np.float32))
 
 
 class DenseRetriever(Retriever):

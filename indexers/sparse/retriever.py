@@ -76,13 +76,50 @@ class SparseDocumentEncoder(DocumentEncoder):
 
 
 class SparsePart(Part):
+    """The main index, plus (live writes) a small delta of written documents searched exactly.
+
+    Written documents take internal ids after the main index's; deleted ones are hidden by the
+    live mask in ``allowed``. The delta is replaced, never changed in place, so a search holds one
+    consistent snapshot without a lock.
+    """
+
     def __init__(self, index: SparseIndex) -> None:
         self.index = index
+        self.delta: sp.csr_matrix | None = None
 
     def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
                options: RetrieverOptions) -> Results:
-        ids, scores = self.index.search(query, depth, allowed=allowed, **options.knobs())
-        return Results(np.asarray(ids, np.int64), np.asarray(scores, np.float32))
+        delta, n_main = self.delta, self.index.n_docs
+        main_allowed = None if allowed is None or delta is None and allowed.size == n_main else \
+            _fit(allowed, n_main)
+        ids, scores = self.index.search(query, depth, allowed=main_allowed, **options.knobs())
+        ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float32)
+        if delta is None:
+            return Results(ids, scores)
+        d_scores = np.asarray((delta @ sp.csr_matrix(query).T).toarray(), np.float32).ravel()
+        keep = d_scores > 0
+        if allowed is not None:
+            keep &= _fit(allowed[n_main:], delta.shape[0])
+        d_ids = np.flatnonzero(keep)
+        all_ids = np.concatenate([ids, d_ids + n_main])
+        all_scores = np.concatenate([scores, d_scores[d_ids]])
+        order = np.lexsort((all_ids, -all_scores))[:depth]
+        return Results(all_ids[order], all_scores[order])
+
+    def add(self, internal_ids: np.ndarray, docs: Sequence[Document], encoded: Any) -> None:
+        held = self.index.n_docs + (0 if self.delta is None else self.delta.shape[0])
+        if internal_ids.size and int(internal_ids[0]) != held:
+            raise ValueError(f"sparse: internal id {int(internal_ids[0])} written, {held} expected")
+        rows = sp.csr_matrix(encoded, dtype=np.float32)
+        self.delta = rows if self.delta is None else sp.vstack([self.delta, rows], format="csr")
+
+    def delta_size(self) -> int:
+        return 0 if self.delta is None else int(self.delta.shape[0])
+
+
+def _fit(mask: np.ndarray, n: int) -> np.ndarray:
+    """``mask`` cut or padded with False to ``n`` entries."""
+    return mask[:n] if mask.size >= n else np.concatenate([mask, np.zeros(n - mask.size, bool)])
 
 
 class SparseRetriever(Retriever):

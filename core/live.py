@@ -1,0 +1,256 @@
+"""Live writes to an opened index: upserts and deletes, durable before they are acknowledged and
+visible in every retriever without a rebuild.
+
+A write goes through four steps, the first two outside the write lock (searches and other
+writes' encodings run meanwhile):
+
+1. **Validate** every document like a corpus line (``indexers.corpus.Document``); a bad item is an
+   :class:`~trident_search.errors.InvalidRequestError` naming its index, and nothing is applied.
+2. **Encode** with each retriever's :meth:`~trident_search.indexers.retriever.Retriever.live_encoder`
+   (the build's document encoder with the manifest's parameters).
+3. **Log** (under the write lock): one SQLite transaction in the docstore's database
+   (:class:`~trident_search.indexers.docstore.WriteLog`, ``synchronous=FULL``) inserts the documents
+   under fresh internal ids, tombstones the replaced and deleted ones and appends log entries
+   carrying the encodings. Once it commits, the write survives ``kill -9``.
+4. **Apply** the entries to every part (:meth:`Part.add`/:meth:`Part.delete`), refresh them, then
+   publish the new id array and live mask in :class:`~trident_search.core.local.LocalIndex` in one
+   reference swap. The write is visible when :meth:`LiveWriter.write` returns (so
+   ``refresh=wait_for`` holds for every write, and the refresh interval is 0).
+
+On open, each part replays the log entries after the sequence number it absorbed
+(:meth:`Part.absorbed`: BM25 keeps writes in its Lucene commits, dense and sparse in memory, so they
+replay from the log's stored encodings without a model).
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from trident_search.errors import InvalidRequestError, NotFoundError
+from trident_search.indexers.corpus import Document
+from trident_search.indexers.docstore import LogEntry, WriteLog
+from trident_search.indexers.retriever import DocumentEncoder, Part, WritesUnsupportedError, get
+
+if TYPE_CHECKING:
+    from trident_search.core.local import LocalIndex
+
+log = logging.getLogger(__name__)
+
+COMMIT_EVERY = 1000
+"""Log entries after which the parts that keep writes in their own files (BM25) commit, bounding replay."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What one acknowledged write did: the log sequence numbers it took, and the counts."""
+
+    first_seq: int
+    last_seq: int
+    upserted: int
+    deleted: int
+    created: int  # upserts of ids that were not in the index
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.last_seq, "upserted": self.upserted, "created": self.created,
+                "deleted": self.deleted, "visible": True}
+
+
+def validate(items: Sequence[Any]) -> list[Document]:
+    """Corpus-line validation of request items (dicts with ``_id``, ``title``, ``text``, ``metadata``);
+    the first bad one raises, naming its index."""
+    docs: list[Document] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"documents[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequestError(f"{where} must be an object", field=where)
+        unknown = sorted(set(item) - {"_id", "title", "text", "metadata"})
+        if unknown:
+            raise InvalidRequestError(f"{where} has unknown fields {unknown}", field=where)
+        doc_id = item.get("_id")
+        if not isinstance(doc_id, str) or not doc_id.strip() or doc_id != doc_id.strip() or "\x00" in doc_id:
+            raise InvalidRequestError(f"{where}._id must be a non-empty string without surrounding "
+                                      f"whitespace, got {doc_id!r}", field=f"{where}._id")
+        for key in ("title", "text"):
+            if not isinstance(item.get(key, ""), str):
+                raise InvalidRequestError(f"{where}.{key} must be a string", field=f"{where}.{key}")
+        meta = item.get("metadata", {})
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise InvalidRequestError(f"{where}.metadata must be an object", field=f"{where}.metadata")
+        if doc_id in seen:
+            raise InvalidRequestError(f"{where}._id {doc_id!r} appears twice in this request", field=f"{where}._id")
+        seen.add(doc_id)
+        docs.append(Document(doc_id, item.get("title", ""), item.get("text", ""), meta))
+    return docs
+
+
+class LiveWriter:
+    """The one writer of an opened :class:`LocalIndex` (see the module docstring)."""
+
+    def __init__(self, index: LocalIndex) -> None:
+        for name, part in index.parts.items():
+            if type(part).add is Part.add:
+                raise WritesUnsupportedError(f"this index's {name} retriever does not take writes; rebuild it")
+        self.index = index
+        self.log = WriteLog(index.docstore)
+        self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._encoders: dict[str, DocumentEncoder | None] | None = None
+        self._committed = max((p.absorbed() for p in index.parts.values()), default=0)
+        self.last_merge: float | None = None
+
+    # -- opening ----------------------------------------------------------------------------------
+    def replay(self) -> int:
+        """Give every part the log entries it had not absorbed; returns how many entries ran."""
+        ran = 0
+        with self._lock:
+            for name, part in self.index.parts.items():
+                entries = self.log.since(part.absorbed())
+                if entries:
+                    log.info("%s: replaying %d logged writes", name, len(entries))
+                    self._apply_part(name, part, entries, self._docs_of(entries), None)
+                    part.refresh()
+                ran = max(ran, len(entries))
+            self.index.publish(self.log.deleted())
+        return ran
+
+    def _docs_of(self, entries: Sequence[LogEntry]) -> dict[int, Document]:
+        ids = [e.internal_id for e in entries if e.op == "upsert"]
+        stored = self.index.docstore.get(ids) if ids else []
+        by_id = {e.internal_id: e.ext_id for e in entries if e.op == "upsert"}
+        return {s.internal_id: Document(by_id[s.internal_id], s.title, s.text, s.metadata) for s in stored}
+
+    # -- writing ----------------------------------------------------------------------------------
+    def encoders(self) -> dict[str, DocumentEncoder | None]:
+        with self._encode_lock:
+            if self._encoders is None:
+                manifest = self.index.manifest
+                self._encoders = {n: get(n).live_encoder(manifest) for n in self.index.parts}
+            return self._encoders
+
+    def encode(self, docs: Sequence[Document]) -> dict[str, Any]:
+        """Each retriever's encodings of ``docs`` (one chunk per retriever; None for text-only ones)."""
+        if not docs:
+            return {}
+        return {n: (enc.encode(docs) if enc is not None else None) for n, enc in self.encoders().items()}
+
+    def write(self, upserts: Sequence[Document] = (), deletes: Sequence[str] = ()) -> WriteResult:
+        """Encode, log durably, apply and publish one request's writes (all or nothing)."""
+        upserts, deletes = list(upserts), list(deletes)
+        encoded = self.encode(upserts)
+        payloads = [_payload({n: _row(c, i) for n, c in encoded.items() if c is not None})
+                    for i in range(len(upserts))]
+        with self._lock:
+            try:
+                entries = self.log.apply(list(zip(upserts, payloads, strict=True)), deletes)
+            except KeyError as exc:
+                raise NotFoundError(f"no document with id {exc.args[0]!r} in this index", field="doc_id") from None
+            docs = {e.internal_id: d for e, d in zip((e for e in entries if e.op == "upsert"), upserts, strict=True)}
+            for name, part in self.index.parts.items():
+                self._apply_part(name, part, entries, docs, encoded.get(name))
+                part.refresh()
+            self.index.publish(self.log.deleted())
+            if entries and entries[-1].seq - self._committed >= COMMIT_EVERY:
+                self._commit(entries[-1].seq)
+        created = sum(1 for e in entries if e.op == "upsert" and e.old_id is None)
+        return WriteResult(entries[0].seq if entries else 0, entries[-1].seq if entries else 0,
+                           len(upserts), len(deletes), created)
+
+    def _apply_part(self, name: str, part: Any, entries: Sequence[LogEntry], docs: dict[int, Document],
+                    encoded: Any) -> None:
+        """Entries in order; consecutive upserts go to the part as one batch."""
+        batch: list[LogEntry] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            ids = np.array([e.internal_id for e in batch], dtype=np.int64)
+            if encoded is not None:  # this request's encodings, rows in entry order
+                rows = encoded
+            else:  # replay: the encodings the log stored
+                rows = _stack([pickle.loads(e.payload).get(name) for e in batch]) if batch[0].payload else None
+            part.add(ids, [docs[int(i)] for i in ids], rows)
+            batch.clear()
+
+        for e in entries:
+            if e.op == "upsert":
+                batch.append(e)
+            else:
+                flush()
+                part.delete(np.array([e.old_id], dtype=np.int64), [e.ext_id])
+        flush()
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _commit(self, seq: int) -> None:
+        for part in self.index.parts.values():
+            part.commit(seq)
+        self._committed = seq
+
+    def merge(self) -> dict[str, Any]:
+        """Expunge deletes where a part keeps its own files (BM25) and commit. (Sparse and dense
+        block/graph rebuilds into a new generation: not yet, see ``docs/live.md``.)"""
+        start = time.perf_counter()
+        with self._lock:
+            seq = self.log.last_seq()
+            ext, _, _ = self.index.view
+            order = np.argsort(ext.astype(str))
+            keys = ext.astype(str)[order]
+
+            def resolve(ids: Sequence[str]) -> np.ndarray:
+                wanted = np.asarray(ids, dtype=str)
+                pos = np.clip(np.searchsorted(keys, wanted), 0, max(len(keys) - 1, 0))
+                found = keys[pos] == wanted if len(keys) else np.zeros(len(wanted), bool)
+                return np.where(found, order[pos], -1)
+
+            for part in self.index.parts.values():
+                merge = getattr(part, "merge", None)
+                if merge is not None:
+                    merge(seq, resolve)
+                else:
+                    part.commit(seq)
+            self._committed = seq
+            self.last_merge = time.time()
+        return {"seq": seq, "seconds": round(time.perf_counter() - start, 3)}
+
+    def stats(self) -> dict[str, Any]:
+        ext, live, n = self.index.view
+        deleted = 0 if live is None else int(n - live.sum())
+        delta = {name: p.delta_size() for name, p in self.index.parts.items() if hasattr(p, "delta_size")}
+        return {"seq": self.log.last_seq(), "committed_seq": self._committed, "internal_ids": n,
+                "live_documents": n - deleted, "deleted_documents": deleted, "delta": delta,
+                "last_merge": self.last_merge}
+
+    def close(self) -> None:
+        """Commit what the parts hold in their own files (replay then starts after it), close the log."""
+        with self._lock:
+            seq = self.log.last_seq()
+            if seq > self._committed:
+                try:
+                    self._commit(seq)
+                except Exception:  # the log still has every write: the next open replays them
+                    log.exception("could not commit live writes at close; they will be replayed")
+            self.log.close()
+
+
+def _payload(encodings: dict[str, Any]) -> bytes:
+    return pickle.dumps(encodings, protocol=5)
+
+
+def _row(chunk: Any, i: int) -> Any:
+    return chunk[i : i + 1] if sp.issparse(chunk) else np.asarray(chunk[i])
+
+
+def _stack(rows: list[Any]) -> Any:
+    if any(r is None for r in rows):
+        return None
+    return sp.vstack(rows, format="csr") if sp.issparse(rows[0]) else np.stack(rows)
