@@ -243,3 +243,42 @@ def test_jar_rebuilds_byte_for_byte_from_the_source(tmp_path):
         for name in a.namelist():
             assert a.read(name) == b.read(name), f"{name} differs: run indexers/bm25/java/build.sh"
     assert rebuilt.read_bytes() == jvm.trident_jar().read_bytes()
+
+
+# ---- served: the sharded router over Ray -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sharded_serving_scores_bm25_as_single_node(tmp_path_factory, demo_dir, queries):
+    """End to end: a 3-shard BM25 index built and served on a private Ray (``connect_sharded``, what
+    ``trident serve --ray-address`` runs) answers BM25 requests as the single-node engine does."""
+    ray = pytest.importorskip("ray")
+    from trident_search.cluster.build import build_sharded
+    from trident_search.cluster.serving import connect_sharded
+    from trident_search.core.engine import Engine
+    from trident_search.core.schemas import SearchRequest
+    from trident_search.indexers.build import BuildConfig, build_index
+
+    root = tmp_path_factory.mktemp("served")
+    config = BuildConfig(retrievers=("bm25",), params={"bm25": {"threads": 1}})
+    build_index(demo_dir, root / "single", config)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+             logging_level="WARNING", log_to_driver=False)
+    try:
+        build_sharded(demo_dir, root / "sharded", config, shards=3, address="local")
+        single = Engine.load(root / "single")
+        sharded = connect_sharded(root / "sharded", address="local", deadline_s=30.0)
+        try:
+            for query in queries[:30]:
+                request = SearchRequest.model_validate({"query": query, "mode": "bm25", "k": 20,
+                                                        "include_text": False})
+                want, got = single.search(request), sharded.search(request)
+                assert not got.partial
+                deeper = {h.docid: h.score for h in single.runs(query, 500, ["bm25"])["bm25"]}
+                _assert_equal_up_to_ties([Hit(h.id, h.score) for h in want.hits],
+                                         [Hit(h.id, h.score) for h in got.hits], deeper)
+        finally:
+            sharded.close()
+            single.close()
+    finally:
+        ray.shutdown()
