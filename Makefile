@@ -7,7 +7,7 @@ DEMO_INDEX  := indexes/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-dev demo-index serve test test-slow bench
+.PHONY: install install-dev demo-index serve test test-slow bench lint wheel-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,12 @@ test: $(VENV)/.installed-dev
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m slow
+
+# Gates: ruff on the repository; mypy (core, indexers) and the import-layer contract on the
+# installed layout (.ci/gates.py). Runs them all, fails if any failed.
+lint: $(VENV)/.installed-dev
+	@rc=0; $(BIN)/ruff check . || rc=1; $(BIN)/python .ci/gates.py || rc=1; exit $$rc
+
+# Build the wheel, install it into a fresh venv (not editable) and smoke-test it from outside the checkout.
+wheel-smoke: $(VENV)/.installed-dev
+	PYTHON=$(PYTHON) BIN=$(BIN) .ci/wheel_smoke.sh
