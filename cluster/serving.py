@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,58 +359,15 @@ def merge_runs(
     return out
 
 
-def sharded_loader(address: str, **options: Any) -> Callable[[Any], Engine]:
-    """An ``EngineLoader`` for ``trident_search.service.app.create_app`` that serves a sharded index over Ray."""
-
-    def load(settings: Any) -> Engine:
-        return connect_sharded(settings.server.index, address=address, query_backend=settings.search.query_backend,
-                               threads=settings.search.search_threads, default_depth=settings.search.default_depth,
-                               **options)
-
-    return load
-
-
-# -- HTTP ------------------------------------------------------------------------------------------
-ADDRESS_ENV = "TRIDENT_RAY_ADDRESS"
-REPLICAS_ENV = "TRIDENT_SHARD_REPLICAS"
-DEADLINE_ENV = "TRIDENT_SHARD_DEADLINE_S"
-
-
-def create_sharded_app() -> Any:
-    """uvicorn factory: the usual app (``trident_search.service.app.create_app``) with the sharded engine behind it.
-
-    Options travel by environment, as for ``trident serve``, so every uvicorn worker reads the same.
-    """
-    from trident_search.service.app import create_app
-    from trident_search.settings import Settings
-
-    settings = Settings()
-    cluster = settings.cluster
-    loader = sharded_loader(cluster.ray_address or "auto", replicas=cluster.shard_replicas,
-                            deadline_s=cluster.shard_deadline_s)
-    return create_app(settings, loader=loader)
-
-
-def serve_sharded(
-    index: Path, *, address: str, host: str, port: int, replicas: int = 1,
-    deadline_s: float = DEFAULT_DEADLINE_S, workers: int = 1, query_backend: str = "onnx",
-) -> None:
-    """Run the HTTP server as the Ray driver of a sharded index (``trident serve --ray-address``)."""
-    import os
-
-    import uvicorn
-
+def load_sharded(settings: Any) -> Engine:
+    """The engine loader for a sharded index (``trident serve --ray-address``): the service finds it
+    through the ``trident.serving`` entry point, so neither package imports the other."""
     from trident_search.cluster.layout import is_sharded
 
+    index, cluster = settings.server.index, settings.cluster
     if not is_sharded(index):
-        raise IndexLoadError(f"{index} is not a sharded index (build one with `trident index build "
+        raise IndexLoadError(f"{index} is not a sharded index (build one with `trident cluster build "
                              "--shards N --ray-address ...`), or serve it without --ray-address")
-    if address == "local" and workers > 1:
-        raise IndexLoadError("--ray-address local starts a private Ray per process; with --workers > 1 "
-                             "start a cluster first (`ray start --head`) and pass --ray-address auto")
-    os.environ.update({
-        "TRIDENT_INDEX": str(index), "TRIDENT_QUERY_BACKEND": query_backend, ADDRESS_ENV: address,
-        REPLICAS_ENV: str(replicas), DEADLINE_ENV: str(deadline_s),
-    })
-    uvicorn.run("trident_search.cluster.serving:create_sharded_app", factory=True, host=host, port=port, workers=workers,
-                log_level=os.environ.get("TRIDENT_LOG_LEVEL", "info"))
+    return connect_sharded(index, address=cluster.ray_address or "auto", replicas=cluster.shard_replicas,
+                           deadline_s=cluster.shard_deadline_s, query_backend=settings.search.query_backend,
+                           threads=settings.search.search_threads, default_depth=settings.search.default_depth)

@@ -113,11 +113,8 @@ class BuildConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise BuildError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         for name in self.retrievers:  # fail before any work on a parameter the retriever rejects
-            check = getattr(known[name], "check_params", None)
-            if check is None:
-                continue
             try:
-                check(self.params_of(name))
+                known[name].check_params(self.params_of(name))
             except (ValueError, TypeError) as exc:
                 raise BuildError(f"{name}: {exc}") from None
 

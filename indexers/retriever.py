@@ -194,6 +194,9 @@ class Retriever(ABC):
     description: ClassVar[str] = ""
 
     # -- build --------------------------------------------------------------------------------
+    def check_params(self, params: dict[str, Any]) -> None:  # noqa: B027 - most retrievers take anything
+        """Raise a :class:`~trident_search.errors.TridentError` naming a bad build parameter, before any work."""
+
     def document_encoder(self, ctx: BuildContext) -> DocumentEncoder | None:
         """The model that encodes documents before :meth:`write`, or None (text-only retrievers)."""
         return None

@@ -11,7 +11,6 @@ import math
 import os
 import socket
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,16 @@ def serve(
     _check_port(host, port)
     if ray_address is not None:  # this process becomes the router of a sharded index (cluster/)
         from trident_search.errors import TridentError
+        from trident_search.service.app import sharded_loader
 
+        if ray_address == "local" and workers > 1:
+            raise typer.BadParameter("--ray-address local starts a private Ray per process; with --workers > 1 "
+                                     "start a cluster first (`ray start --head`) and pass --ray-address auto")
         try:
-            _sharded_server()(index, address=ray_address, host=host, port=port, workers=workers,
-                              query_backend=query_backend)
+            sharded_loader()
         except TridentError as exc:
-            raise typer.BadParameter(exc.message, param_hint="--index") from None
-        return
+            raise typer.BadParameter(exc.message, param_hint="--ray-address") from None
+        os.environ["TRIDENT_RAY_ADDRESS"] = ray_address
 
     # Settings travel by environment so every worker process reads the same ones.
     os.environ["TRIDENT_INDEX"] = str(index)
@@ -121,16 +123,6 @@ def _run_until_signal(run: Any) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-
-
-def _sharded_server() -> Any:
-    """``serve_sharded`` from the cluster package, found through the ``trident.serving`` entry point
-    (cluster sits beside service, so service never imports it)."""
-    found = [ep for ep in entry_points(group="trident.serving") if ep.name == "ray"]
-    if not found:
-        raise typer.BadParameter("--ray-address needs the ray extra: pip install 'trident-search[ray]'",
-                                 param_hint="--ray-address")
-    return found[0].load()
 
 
 def _log_config(level: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ N_DOCS = 60
 N_SHARDS = 2
 DEADLINE_S = 10.0  # generous: on 2 loaded cores a healthy shard has been seen to need over 5 s
 RECOVERY_S = 120.0
-CONFIG = BuildConfig(batch_size=16, shard_size=32, bm25_threads=1)
+CONFIG = BuildConfig(batch_size=16, shard_size=32, params={"bm25": {"threads": 1}})
 
 
 @pytest.fixture(scope="module")
