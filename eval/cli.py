@@ -65,13 +65,15 @@ def beir(
     from trident_search.eval.download import DownloadError, resolve_dataset
     from trident_search.eval.results import EvalResult, load_references
     from trident_search.eval.run import (
-        modes,
         EvalError,
         build_stages,
         check_modes,
         parse_modes,
         run_mode,
         tune_fusion,
+    )
+    from trident_search.eval.run import (
+        modes as eval_modes,
     )
     from trident_search.eval.tuning import TuningError
 
@@ -108,18 +110,18 @@ def beir(
         raise _fail(str(exc)) from None
     try:
         check_modes(wanted, engine.retrievers)
-        if not tune_on and engine.tuned is None and any(modes()[m].tuned for m in wanted):
+        if not tune_on and engine.tuned is None and any(eval_modes()[m].tuned for m in wanted):
             raise EvalError("tuned modes need tuned settings: pass --tune-on train (or dev), or an "
                             "index whose manifest already has a fusion entry")
         _warn_if_other_corpus(engine.manifest, ds.corpus)
-        results = [run_mode(engine, m, queries, qrels, k=k) for m in wanted if not modes()[m].tuned]
+        results = [run_mode(engine, m, queries, qrels, k=k) for m in wanted if not eval_modes()[m].tuned]
         tuning = None
         if tune_on:
             tuned = tune_fusion(engine, tune_queries, tune_qrels, split=tune_on, index_dir=index_dir)
             tuning = tuned.to_json()
             engine.close()  # reload: the tuned modes must read the manifest as the server would
             engine = Engine.load(index_dir, query_backend=query_backend, threads=threads)
-        results += [run_mode(engine, m, queries, qrels, k=k) for m in wanted if modes()[m].tuned]
+        results += [run_mode(engine, m, queries, qrels, k=k) for m in wanted if eval_modes()[m].tuned]
         manifest = engine.manifest
     except (EvalError, TuningError) as exc:
         raise _fail(str(exc)) from None
