@@ -52,6 +52,7 @@ from trident_search.service.lifecycle import (
     watch_signals,
 )
 from trident_search.service.metrics import Metrics
+from trident_search.service.writes import writes_router
 from trident_search.service.routes import (
     SearchEngine,
     documents_router,
@@ -69,8 +70,12 @@ EngineLoader = Callable[[Settings], SearchEngine]
 
 
 def load_engine(settings: Settings) -> SearchEngine:
-    """The production loader: the real engine over ``settings.server.index``."""
+    """The production loader: the engine over ``settings.server.index``; with a Ray address, the
+    sharded loader that the cluster package registers as the ``trident.serving`` entry point ``ray``."""
     from trident_search.core.engine import Engine  # heavy imports (Lucene, FAISS, ONNX) only when serving
+
+    if settings.cluster.ray_address:
+        return sharded_loader()(settings)  # type: ignore[no-any-return]
 
     return Engine.load(
         settings.server.index,
@@ -78,6 +83,16 @@ def load_engine(settings: Settings) -> SearchEngine:
         threads=settings.search.search_threads,
         default_depth=settings.search.default_depth,
     )
+
+
+def sharded_loader() -> Callable[[Settings], SearchEngine]:
+    """``trident_search.cluster.serving.load_sharded``, found by entry point (cluster sits beside service)."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="trident.serving") if ep.name == "ray"]
+    if not found:
+        raise IndexLoadError("serving with a Ray address needs the ray extra: pip install 'trident-search[ray]'")
+    return found[0].load()  # type: ignore[no-any-return]
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -439,6 +454,7 @@ def create_app(
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=auth_responses)
     v1.include_router(search_router(settings, lease, admission.slot, metrics, _validation_details))
     v1.include_router(documents_router(lease))
+    v1.include_router(writes_router(lease))  # live writes (service/writes.py)
     v1.include_router(index_router(lease))
     v1.include_router(admin_router(do_reload))
     app.include_router(v1)

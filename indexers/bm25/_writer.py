@@ -220,7 +220,9 @@ class BM25Writer:
         """Expunge deleted documents (their statistics go with them), commit, swap the reader in.
         ``resolve(ext_ids)`` gives the current internal ids of live external ids."""
         self.refresh()
-        self.writer.getConfig().setMergePolicy(jvm.autoclass("org.apache.lucene.index.TieredMergePolicy")())
+        policy = jvm.autoclass("org.apache.lucene.index.TieredMergePolicy")()
+        policy.setForceMergeDeletesPctAllowed(0.0)  # every segment with a deletion: exact statistics
+        self.writer.getConfig().setMergePolicy(policy)
         try:
             self.writer.forceMergeDeletes(True)
         finally:

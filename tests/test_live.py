@@ -1,0 +1,233 @@
+"""Live writes (issue 17): REST upsert/delete visible in every retriever, durable across kill -9,
+and equivalent to a batch build of the resulting corpus.
+
+The server tests run ``trident serve`` as a subprocess on a free port over a copy of the shared tiny
+index (so the session's shared engine never sees a write).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service_fixture import DEMO, retrievers
+
+PHRASE = "quokka zeppelin flotilla over marmalade glaciers"
+MODES = [*retrievers(), "hybrid"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``trident serve`` in a child process, killable with SIGKILL."""
+
+    def __init__(self, index: Path, log: Path) -> None:
+        self.index, self.log = index, log
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 600) -> Server:
+        trident = Path(sys.executable).with_name("trident")
+        env = {**os.environ, "TRIDENT_WATCH_S": "0"}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(trident), "serve", "--index", str(self.index), "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited: {self.log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"server not ready in {timeout} s: {self.log.read_text()[-3000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=f"{self.url}/v1", timeout=120)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+
+@pytest.fixture
+def live_copy(index_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "index"
+    shutil.copytree(index_dir, out)
+    return out
+
+
+@pytest.fixture
+def server(live_copy: Path, tmp_path: Path) -> Iterator[Server]:
+    srv = Server(live_copy, tmp_path / "server.log").start()
+    yield srv
+    srv.stop()
+
+
+def _top(client: httpx.Client, mode: str, query: str = PHRASE, k: int = 3) -> list[str]:
+    r = client.post("/search", json={"query": query, "mode": mode, "k": k, "include_text": False})
+    assert r.status_code == 200, r.text
+    return [h["id"] for h in r.json()["hits"]]
+
+
+def test_put_is_top_hit_everywhere_and_delete_removes_it(server: Server) -> None:
+    """Acceptance 1: PUT with refresh=wait_for -> top hit in every mode; DELETE -> gone everywhere."""
+    with server.client() as c:
+        r = c.put("/documents/live-1", params={"refresh": "wait_for"},
+                  json={"title": "Quokka zeppelin", "text": PHRASE, "metadata": {"year": 2031, "lang": "xx"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["created"] == 1
+        for mode in MODES:
+            assert _top(c, mode)[0] == "live-1", mode
+        assert c.get("/documents/live-1").json()["title"] == "Quokka zeppelin"
+        # filters see the written metadata; the other documents do not match
+        r = c.post("/search", json={"query": PHRASE, "k": 5, "filters": {"year": 2031}})
+        assert [h["id"] for h in r.json()["hits"]] == ["live-1"]
+        # replace: the old text no longer matches, the new one does
+        r = c.put("/documents/live-1", params={"refresh": "wait_for"},
+                  json={"title": "Okapi", "text": "okapi tundra harmonica", "metadata": {}})
+        assert r.json()["created"] == 0
+        assert _top(c, "bm25", "okapi tundra harmonica")[0] == "live-1"
+        assert "live-1" not in _top(c, "bm25", PHRASE, k=10)
+        # delete
+        r = c.delete("/documents/live-1", params={"refresh": "wait_for"})
+        assert r.status_code == 200, r.text
+        for mode in MODES:
+            assert "live-1" not in _top(c, mode, "okapi tundra harmonica", k=10), mode
+        assert c.get("/documents/live-1").status_code == 404
+        assert c.delete("/documents/live-1").status_code == 404
+        assert c.get("/index/live").json()["deleted_documents"] == 2  # the replaced and the deleted version
+
+
+def test_bulk_with_a_bad_item_applies_nothing(server: Server) -> None:
+    with server.client() as c:
+        docs = [{"_id": "bulk-1", "title": "", "text": "harmonica okapi"},
+                {"_id": "bulk-2", "text": 5}]
+        r = c.post("/documents", json={"documents": docs})
+        assert r.status_code == 422, r.text
+        assert "documents[1]" in r.text
+        assert c.get("/documents/bulk-1").status_code == 404
+        docs[1]["text"] = "tundra"
+        assert c.post("/documents", json={"documents": docs}).json()["upserted"] == 2
+        assert c.get("/documents/bulk-2").json()["text"] == "tundra"
+        # deleting an existing document of the corpus works too
+        first = json.loads(DEMO.open().readline())["_id"]
+        assert c.delete(f"/documents/{first}").status_code == 200
+        assert c.get(f"/documents/{first}").status_code == 404
+
+
+def test_acknowledged_put_survives_kill_9(server: Server) -> None:
+    """Acceptance 2: kill -9 right after an acknowledged PUT; after a restart the document is there."""
+    with server.client() as c:
+        assert c.put("/documents/durable-1", json={"title": "Durable", "text": PHRASE}).status_code == 200
+        assert c.delete("/documents/" + json.loads(DEMO.open().readline())["_id"]).status_code == 200
+    server.kill9()
+    server.start()
+    with server.client() as c:
+        assert c.get("/documents/durable-1").json()["title"] == "Durable"
+        for mode in MODES:
+            assert _top(c, mode)[0] == "durable-1", mode
+        assert c.get("/documents/" + json.loads(DEMO.open().readline())["_id"]).status_code == 404
+    # and again after a clean stop (BM25 commits its Lucene index, the log replays only the rest)
+    server.stop()
+    server.start()
+    with server.client() as c:
+        assert _top(c, "bm25")[0] == "durable-1"
+        assert c.get("/index/live").json()["committed_seq"] >= 2
+
+
+# -- equivalence (acceptance 5) -------------------------------------------------------------------
+def _corpus(lines: list[dict], path: Path) -> Path:
+    with path.open("w") as out:
+        for d in lines:
+            out.write(json.dumps(d) + "\n")
+    return path
+
+
+def test_writes_then_merge_equal_a_batch_build(tmp_path: Path) -> None:
+    """Corpus A (30 docs) -> upserts, updates and deletes until corpus B -> merge: BM25 scores and
+    rankings equal a batch build of B; dense Flat and exact sparse give the same documents."""
+    from trident_search.core.engine import Engine
+    from trident_search.core.schemas import search_request_model
+    from trident_search.indexers.build import BuildConfig, build_index
+    from trident_search.indexers.corpus import Document
+
+    lines = [json.loads(l) for l in itertools.islice(DEMO.open(), 45)]
+    for d in lines:
+        d.setdefault("metadata", {})
+    a, extra = lines[:30], lines[30:]
+    deleted = {d["_id"] for d in a[::7]}
+    updated = {d["_id"]: {**d, "text": d["text"][: len(d["text"]) // 2]} for d in a[3::9] if d["_id"] not in deleted}
+    b = [updated.get(d["_id"], d) for d in a if d["_id"] not in deleted] + extra
+    config = BuildConfig(retrievers=retrievers(), device="cpu")
+    build_index(_corpus(a, tmp_path / "a.jsonl"), tmp_path / "live", config)
+    build_index(_corpus(b, tmp_path / "b.jsonl"), tmp_path / "batch", config)
+
+    def doc(d: dict) -> Document:
+        return Document(d["_id"], d.get("title", ""), d["text"], d.get("metadata", {}))
+
+    live = Engine.load(tmp_path / "live", warm_up=False)
+    writer = live.backend.writer()
+    writer.write([doc(d) for d in extra[:5]])
+    writer.write(deletes=sorted(deleted))
+    writer.write([doc(d) for d in updated.values()] + [doc(d) for d in extra[5:]])
+    writer.merge()
+    batch = Engine.load(tmp_path / "batch", warm_up=False)
+    request = search_request_model()
+    queries = [json.loads(l)["text"] for l in itertools.islice((DEMO.parent / "queries.jsonl").open(), 12)]
+    queries += [d["text"][:80] for d in extra[:4]]
+    try:
+        for q in queries:
+            got = live.search(request(query=q, mode="bm25", k=10, include_text=False))
+            want = batch.search(request(query=q, mode="bm25", k=10, include_text=False))
+            assert [(h.id, h.score) for h in got.hits] == [(h.id, h.score) for h in want.hits], q
+            for mode, options in (("dense", {}), ("sparse", {"exact": True})):
+                if mode not in live.retrievers:
+                    continue
+                body = {"query": q, "mode": mode, "k": 10, "include_text": False}
+                if options:
+                    body[mode] = options
+                got = live.search(request.model_validate(body))
+                want = batch.search(request.model_validate(body))
+                assert {h.id for h in got.hits[:5]} == {h.id for h in want.hits[:5]}, (mode, q)
+                np.testing.assert_allclose([h.score for h in got.hits], [h.score for h in want.hits],
+                                           rtol=1e-3, atol=1e-3, err_msg=f"{mode}: {q}")
+        # the document endpoint and count reflect B
+        assert live.info().doc_count == len(b)
+        for d in b:
+            assert live.document(d["_id"]).text == d["text"]
+    finally:
+        live.close()
+        batch.close()
