@@ -13,6 +13,12 @@ sharded serving share every query-time rule below.
 * **Fusion defaults** come from the request, else from the manifest's tuned entry
   (:class:`~trident_search.core.tuned.TunedFusion`), else RRF with k=60 and weight 1.0 per retriever.
 * **Single-retriever modes** return the retriever's raw scores (ties again broken by docid).
+* **After fusion**, in this order: ``min_score`` drops hits below it (hybrid: on the [0, 1] scale of
+  ``normalized_score``, see :func:`fusion.max_score`; single modes: raw scores); ``facets`` count
+  values over every document matching the filters and over the remaining fused candidates;
+  ``collapse`` keeps the best hit per field value (a document without the field is a group of its
+  own) and pages over groups. Requests that facet or collapse fetch ``max(depth, offset + k)``
+  candidates in single-retriever modes too, so groups and candidate counts have the same depth.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from trident_search.core.schemas import (
 )
 from trident_search.core.tuned import TunedFusion
 from trident_search.errors import InvalidRequestError, NotFoundError
+from trident_search.indexers import filters as filters_mod
 from trident_search.indexers.docstore import StoredDoc
 from trident_search.indexers.hits import Hit
 from trident_search.indexers.manifest import Manifest
@@ -122,15 +129,21 @@ class Engine:
         """Answer one request (see the module docstring for filters, depth and fusion defaults)."""
         t0 = time.perf_counter()
         names = self._retrievers_for(request)
+        if request.filters:
+            filters_mod.parse(request.filters)  # a bad filter is named before any retriever runs
         hybrid = request.mode == "hybrid"
+        deep = hybrid or request.collapse is not None or bool(request.facets)
         needed = request.offset + request.k
         calls = {
             r: RetrieverCall(
-                max(request.options(r).depth or self.default_depth, needed) if hybrid else needed,
+                max(request.options(r).depth or self.default_depth, needed) if deep else needed,
                 request.options(r),
             )
             for r in names
         }
+        if request.facets and not hasattr(self.documents, "facets"):
+            raise InvalidRequestError("facets are not available on this backend (sharded indexes)",
+                                      field="facets")
         got = self.backend.retrieve(request.query, calls, request.filters)
         timings = dict(got.timings)
         for run in got.runs.values():
@@ -140,21 +153,50 @@ class Engine:
         used = self.fusion_for(request, names) if hybrid else None
         if used is None:
             fused = fusion.fuse({names[0]: got.runs[names[0]].hits}, "interpolation", normalization="none")
+            scale = None
         else:
             fused = fusion.fuse(
                 {r: got.runs[r].hits for r in names}, used.method, weights=used.weights,
-                rrf_k=used.rrf_k or fusion.DEFAULT_RRF_K, normalization=used.normalization or "minmax",
+                rrf_k=used.rrf_k if used.rrf_k is not None else fusion.DEFAULT_RRF_K,
+                normalization=used.normalization or "minmax", normalizers=used.normalizers,
             )
-        page = fused[request.offset : needed]
+            scale = used.score_scale
+        if request.min_score is not None:
+            fused = [f for f in fused if (f.score / scale if scale else f.score) >= request.min_score]
         timings["fusion"] = ms_since(start)
 
+        facets = None
+        if request.facets:
+            start = time.perf_counter()
+            facets = self.documents.facets(  # type: ignore[attr-defined]
+                request.filters, request.facets, [f.docid for f in fused])
+            timings["facets"] = ms_since(start)
+
+        groups: list[list[fusion.FusedHit]] | None = None
+        if request.collapse is not None:
+            start = time.perf_counter()
+            groups = self._collapse(fused, request.collapse.field)
+            timings["collapse"] = ms_since(start)
+            total = len(groups)
+            page = [g[0] for g in groups[request.offset : needed]]
+        else:
+            total = len(fused)
+            page = fused[request.offset : needed]
+
         start = time.perf_counter()
-        hits = self._hydrate(page, request)
+        hits = self._hydrate(page, request, scale)
+        if groups is not None and request.collapse is not None and request.collapse.inner_hits:
+            position = {f.docid: i for i, f in enumerate(fused, start=1)}
+            for hit, group in zip(hits, groups[request.offset : needed], strict=True):
+                inner = group[1 : 1 + request.collapse.inner_hits]
+                hit.inner_hits = self._hydrate(inner, request, scale)
+                for h, f in zip(hit.inner_hits, inner, strict=True):
+                    h.rank = position[f.docid]
         timings["fetch"] = ms_since(start)
         timings["total"] = ms_since(t0)
         return SearchResponse(
-            query=request.query, mode=request.mode, retrievers=names, k=request.k,
-            offset=request.offset, total=len(fused), hits=hits, fusion=used, timings_ms=timings,
+            query=request.query, mode=request.mode, retrievers=names, k=request.k, facets=facets,
+            offset=request.offset, total=total, hits=hits, fusion=used, timings_ms=timings,
             warnings=[run.warning for run in got.runs.values() if run.warning],
             partial=bool(got.missing_shards), missing_shards=got.missing_shards,
         )
@@ -170,7 +212,27 @@ class Engine:
 
     def search_batch(self, requests: Sequence[SearchRequestBase]) -> list[SearchResponse]:
         """Answer requests in order; each answer is exactly what :meth:`search` gives for it."""
-        return [self.search(r) for r in requests]
+        out = []
+        for i, r in enumerate(requests):
+            try:
+                out.append(self.search(r))
+            except InvalidRequestError as exc:  # name the request in the batch
+                raise type(exc)(exc.message, field=f"requests.{i}.{exc.field}" if exc.field else None) from None
+        return out
+
+    def _collapse(self, fused: list[fusion.FusedHit], field: str) -> list[list[fusion.FusedHit]]:
+        """Fused hits grouped by their value of ``field``, groups in the order of their best hit."""
+        ids = [f.docid for f in fused]
+        lookup = getattr(self.documents, "field_values", None)
+        if lookup is not None:
+            values = lookup(ids, field)
+        else:
+            values = [_first_value(d.metadata, field) for d in self.documents.fetch(ids)]
+        groups: dict[Any, list[fusion.FusedHit]] = {}
+        for f, v in zip(fused, values, strict=True):
+            key = ("missing", f.docid) if v is None else ("value", type(v) is bool, v)
+            groups.setdefault(key, []).append(f)
+        return list(groups.values())
 
     def _retrievers_for(self, request: SearchRequestBase) -> list[str]:
         if request.mode != "hybrid":
@@ -204,11 +266,25 @@ class Engine:
         source = "request" if request.fusion.method else ("manifest" if tuned else "default")
         if method == "rrf":
             k = _first(request.fusion.rrf_k, per_method.rrf_k if per_method else None, fusion.DEFAULT_RRF_K)
-            return FusionUsed(method="rrf", weights=weights, rrf_k=float(k), source=source)
+            return FusionUsed(method="rrf", weights=weights, rrf_k=float(k), source=source,
+                              score_scale=fusion.max_score("rrf", weights, float(k)))
         norm = _first(request.fusion.normalization, per_method.normalization if per_method else None, "minmax")
-        return FusionUsed(method="interpolation", weights=weights, normalization=norm, source=source)
+        normalizers = request.fusion.normalizers
+        if normalizers is None and per_method is not None:
+            normalizers = getattr(per_method, "normalizers", None)
+        if normalizers:
+            for name in normalizers:
+                if name not in names:
+                    raise InvalidRequestError(
+                        f"fusion.normalizers names {name!r}, which is not fused; fused: {', '.join(names)}",
+                        field=f"fusion.normalizers.{name}")
+            normalizers = {r: normalizers[r] for r in names if r in normalizers}
+        return FusionUsed(method="interpolation", weights=weights, normalization=norm,
+                          normalizers=normalizers or None, source=source,
+                          score_scale=fusion.max_score("interpolation", weights))
 
-    def _hydrate(self, page: list[fusion.FusedHit], request: SearchRequestBase) -> list[SearchHit]:
+    def _hydrate(self, page: list[fusion.FusedHit], request: SearchRequestBase,
+                 scale: float | None = None) -> list[SearchHit]:
         if not page:
             return []
         docs = self.documents.fetch([f.docid for f in page])
@@ -223,6 +299,7 @@ class Engine:
                 }
             out.append(SearchHit(
                 id=f.docid, rank=rank, score=f.score, title=doc.title,
+                normalized_score=f.score / scale if scale else None,
                 text=doc.text if request.include_text else None, metadata=doc.metadata, explain=explain,
             ))
         return out
@@ -240,6 +317,15 @@ class Engine:
             path=d["path"], doc_count=d["doc_count"], retrievers=self.retrievers,
             default_fusion=self.default_fusion(), query_encoders=d["query_encoders"], manifest=d["manifest"],
         )
+
+
+def _first_value(metadata: Mapping[str, Any], field: str) -> Any:
+    value: Any = metadata
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, list):
+        value = next((v for v in value if v is not None and not isinstance(v, (list, dict))), None)
+    return None if isinstance(value, dict) else value
 
 
 def _first(*values: Any) -> Any:

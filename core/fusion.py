@@ -26,6 +26,17 @@ where ``norm_r`` is one of:
 * ``zscore``: ``(s - mean) / std`` (population std). An absent document gets the run's **minimum
   z-score**. With zero std every hit gets 0.0, so does an absent document, and the run has no effect.
 * ``none``: raw scores. An absent document gets the run's **minimum raw score**.
+* ``dbsf`` (distribution-based score fusion, as in Qdrant): ``(s - (mean - 3 std)) / (6 std)``
+  with the sample std, clipped to [0, 1]; an absent document gets **0**. With fewer than two hits
+  or zero std every hit gets **0.5** (the value of the mean).
+
+Each run may use its own normaliser (``normalizers={"bm25": "dbsf"}``, as Elasticsearch's
+``linear`` retriever allows); runs not named use ``normalization``.
+
+**Score scale** (:func:`max_score`, used by ``min_score``): a fused score divided by its largest
+possible value for the weights in use is on [0, 1] for RRF (every run ranking the document first)
+and for interpolation with minmax or dbsf (the weighted sum over the sum of weights); with zscore
+or none the quotient is the weighted mean and is not bounded.
 
 An empty run contributes nothing. Weights default to 1.0 per run and must be finite and >= 0.
 Results are ordered by fused score descending, ties broken by docid ascending (stable pagination).
@@ -139,10 +150,21 @@ def identity(scores: np.ndarray) -> np.ndarray:
     return scores.astype(np.float64)
 
 
+def dbsf(scores: np.ndarray) -> np.ndarray:
+    """Distribution-based: mean +- 3 sample std onto [0, 1], clipped; < 2 hits or zero std -> 0.5."""
+    if scores.size < 2:
+        return np.full(scores.shape, 0.5)
+    mean, std = float(scores.mean()), float(scores.std(ddof=1))
+    if std <= 0.0:
+        return np.full(scores.shape, 0.5)
+    return np.clip((scores - (mean - 3 * std)) / (6 * std), 0.0, 1.0)
+
+
 NORMALIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "minmax": minmax,
     "zscore": zscore,
     "none": identity,
+    "dbsf": dbsf,
 }
 
 
@@ -157,7 +179,7 @@ def _normalized_values(hits: Sequence[Hit], method: str) -> tuple[np.ndarray, fl
     if not hits:
         return np.zeros(0), 0.0
     values = fn(np.fromiter((h.score for h in hits), dtype=np.float64, count=len(hits)))
-    return values, 0.0 if method == "minmax" else float(values.min())
+    return values, 0.0 if method in ("minmax", "dbsf") else float(values.min())
 
 
 def _reciprocal_values(hits: Sequence[Hit], k: float) -> tuple[np.ndarray, float]:
@@ -211,16 +233,22 @@ def fuse(
     weights: Weights = None,
     rrf_k: float = DEFAULT_RRF_K,
     normalization: str = "minmax",
+    normalizers: Mapping[str, str] | None = None,
 ) -> list[FusedHit]:
     """Fuse runs and keep, for every document, each run's rank, raw, normalised and weighted score.
 
     This is the one implementation; :func:`rrf` and :func:`interpolate` are views of it without the
-    breakdown. Positional runs are named ``"0"``, ``"1"``, ... in the breakdown.
+    breakdown. Positional runs are named ``"0"``, ``"1"``, ... in the breakdown. ``normalizers``
+    overrides ``normalization`` per run (interpolation only).
     """
     named = _named(runs)
     w = _weights(list(named), weights)
     if method not in ("rrf", "interpolation"):
         raise FusionError(f"unknown fusion method {method!r}; choose 'rrf' or 'interpolation'")
+    per_run = dict(normalizers or {})
+    unknown = sorted(set(per_run) - set(named))
+    if unknown:
+        raise FusionError(f"normalizers given for runs {unknown} that are not fused; runs: {list(named)}")
     lists = {name: ranked(run) for name, run in named.items()}
     row: dict[str, int] = {}
     for hits in lists.values():
@@ -233,7 +261,7 @@ def fuse(
         if method == "rrf":
             values, missing = _reciprocal_values(hits, rrf_k)
         else:
-            values, missing = _normalized_values(hits, normalization)
+            values, missing = _normalized_values(hits, per_run.get(name, normalization))
         rows = np.fromiter((row[h.docid] for h in hits), dtype=np.int64, count=len(hits))
         normalized = np.full(n, missing)
         normalized[rows] = values
@@ -247,6 +275,15 @@ def fuse(
     scores = total.tolist()
     order = sorted(range(n), key=lambda i: (-scores[i], docids[i]))
     return [FusedHit(docids[i], scores[i], i, columns) for i in order]
+
+
+def max_score(method: str, weights: Mapping[str, float], rrf_k: float = DEFAULT_RRF_K) -> float:
+    """The divisor that puts fused scores on the documented [0, 1] scale (module docstring):
+    ``sum_r w_r / (rrf_k + 1)`` for RRF, ``sum_r w_r`` for interpolation (1.0 when that is 0)."""
+    total = sum(weights.values())
+    if method == "rrf":
+        total /= rrf_k + 1.0
+    return total if total > 0 else 1.0
 
 
 def rrf(runs: Runs, k: float = DEFAULT_RRF_K, weights: Weights = None) -> list[Hit]:

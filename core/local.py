@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trident_search.errors import IndexLoadError, InvalidRequestError, TridentError
-from trident_search.indexers.docstore import DocStore, FilterError, StoredDoc, has_live_log
+from trident_search.errors import IndexLoadError, TridentError
+from trident_search.indexers import filters as filters_mod
+from trident_search.indexers.docstore import DocStore, StoredDoc, has_live_log
 from trident_search.indexers.hits import Hit
 from trident_search.indexers.manifest import Manifest
 from trident_search.indexers.retriever import (
@@ -180,10 +181,7 @@ class LocalIndex:
         _, live, n = view or self.view
         if not filters:
             return live
-        try:
-            mask = self.docstore.matching(dict(filters))[:n]
-        except FilterError as exc:
-            raise InvalidRequestError(str(exc), field="filters") from None
+        mask = self.docstore.matching(dict(filters))[:n]  # a FilterError names the path of a bad part
         if live is not None:
             mask &= live
         # A filter every document passes costs nothing downstream.
@@ -246,6 +244,36 @@ class LocalIndex:
     def document(self, doc_id: str) -> StoredDoc | None:
         return self.docstore.get_by_external(doc_id)
 
+    def field_values(self, ids: Sequence[str], field: str) -> list[Any]:
+        """Each document's (first) value of a metadata field, None where it has none."""
+        return self.docstore.field_values(self.docstore.internal_ids(list(ids)), field) if ids else []
+
+    def facets(self, filters: Mapping[str, Any], requests: Sequence[Any],
+               candidates: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per facet: top values counted over the documents matching ``filters`` and over the
+        ``candidates``, and per range the same two counts (see ``core.schemas.FacetRequest``)."""
+        allowed = self.mask(filters)
+        cand = np.zeros(self.docstore.columns.n, dtype=bool)
+        ids = self.docstore.internal_ids(list(candidates)) if candidates else np.zeros(0, dtype=np.int64)
+        cand[ids[ids >= 0]] = True
+        out: dict[str, dict[str, Any]] = {}
+        for req in requests:
+            col = self.docstore.columns.column(req.field)
+            if req.ranges:
+                buckets = []
+                for r in req.ranges:
+                    b = r.bounds()
+                    buckets.append({"key": r.key or _range_key(b), **b,
+                                    "count": filters_mod.range_count(col, b, allowed),
+                                    "candidates": filters_mod.range_count(col, b, cand)})
+                out[req.field] = {"values": [], "ranges": buckets}
+                continue
+            top = filters_mod.value_counts(col, allowed, req.size)
+            in_cand = {(type(v) is bool, v): c for v, c in filters_mod.value_counts(col, cand, 10**9)}
+            out[req.field] = {"values": [
+                {"value": v, "count": c, "candidates": in_cand.get((type(v) is bool, v), 0)} for v, c in top]}
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
@@ -253,6 +281,12 @@ class LocalIndex:
             "query_encoders": {n: e.description for n, e in self.encoders.items()},
             "manifest": self.manifest.to_dict(),
         }
+
+
+def _range_key(bounds: Mapping[str, Any]) -> str:
+    lo = next((f"{'(' if op == 'gt' else '['}{v}" for op, v in bounds.items() if op in ("gt", "gte")), "(*")
+    hi = next((f"{v}{')' if op == 'lt' else ']'}" for op, v in bounds.items() if op in ("lt", "lte")), "*)")
+    return f"{lo}, {hi}"
 
 
 def _check_revision(name: str, encoder: QueryEncoder, manifest: Manifest) -> None:

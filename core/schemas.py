@@ -13,26 +13,34 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationInfo,
-    create_model,
     StrictBool,
     StrictInt,
     StrictStr,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
+    ValidationInfo,
+    create_model,
     field_validator,
+    model_validator,
 )
 
 from trident_search.indexers.retriever import RetrieverOptions, get, registered
 
 FusionMethod = Literal["rrf", "interpolation"]
-Normalization = Literal["minmax", "zscore", "none"]
+Normalization = Literal["minmax", "zscore", "none", "dbsf"]
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 # Bounded to what SQLite stores, so a filter value can always be bound.
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 Scalar = StrictStr | StrictBool | Int64 | FiniteFloat
-FilterValue = Scalar | Annotated[list[Scalar], Field(min_length=1, max_length=500)]
+FIELD_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$"
+FILTERS_DOC = (
+    "Metadata filters applied inside every retriever before its top-k (so k hits come back when k "
+    'match). `{"field": value}` is equality, `{"field": [v1, v2]}` one of; per-field operators '
+    '`{"year": {"gte": 2015, "lt": 2019}}` (eq, ne, gt, gte, lt, lte, in, nin, exists; ranges take a '
+    'number or an ISO 8601 date); combinators `{"all": [...]}`, `{"any": [...]}`, `{"not": {...}}`. '
+    "A list-valued field matches when any element does; nested keys are `outer.inner`; ne, nin and "
+    "exists=false also match documents without the field. A bad filter is a 422 whose `field` is "
+    "the path inside it, e.g. `filters.all.1.year.gt`."
+)
 
 
 def _valid_unicode(text: str) -> str:
@@ -60,8 +68,53 @@ class FusionOptions(_Strict):
         None, ge=0, le=1e6, description="RRF smoothing constant (60 in the paper); not the result count."
     )
     normalization: Normalization | None = Field(
-        None, description="Score normalisation for `interpolation`: minmax (default), zscore or none."
+        None, description="Score normalisation for `interpolation`: minmax (default), zscore, none or "
+        "dbsf (mean +- 3 std onto [0, 1], clipped, as Qdrant's distribution-based score fusion)."
     )
+    normalizers: dict[str, Normalization] | None = Field(
+        None, description="Interpolation: a normaliser per retriever, overriding `normalization` for the "
+        'retrievers named, e.g. `{"bm25": "dbsf", "dense": "minmax"}`.',
+    )
+
+
+class FacetRange(_Strict):
+    """One bucket of a range facet; bounds are numbers or ISO 8601 dates, at least one is given."""
+
+    key: str | None = Field(None, description="A label for the bucket (default: the bounds).")
+    gt: FiniteFloat | StrictStr | None = None
+    gte: FiniteFloat | StrictStr | None = None
+    lt: FiniteFloat | StrictStr | None = None
+    lte: FiniteFloat | StrictStr | None = None
+
+    def bounds(self) -> dict[str, Any]:
+        return {op: v for op in ("gt", "gte", "lt", "lte") if (v := getattr(self, op)) is not None}
+
+    @model_validator(mode="after")
+    def _check(self) -> FacetRange:
+        from trident_search.indexers.filters import iso_date
+
+        if not self.bounds():
+            raise ValueError("a range needs at least one of gt, gte, lt, lte")
+        for op, v in self.bounds().items():
+            if isinstance(v, str) and iso_date(v) is None:
+                raise ValueError(f"{op} needs a number or an ISO 8601 date, got {v!r}")
+        return self
+
+
+class FacetRequest(_Strict):
+    """Counts per value of one metadata field (or per range, with ``ranges``)."""
+
+    field: str = Field(..., pattern=FIELD_PATTERN, description="A metadata field (nested: `outer.inner`).")
+    size: int = Field(10, ge=1, le=1000, description="How many values to return (most frequent first).")
+    ranges: list[FacetRange] | None = Field(
+        None, min_length=1, max_length=100, description="Count documents per range instead of per value.")
+
+
+class CollapseOptions(_Strict):
+    """Keep the best hit per value of a field, after fusion."""
+
+    field: str = Field(..., pattern=FIELD_PATTERN, description="The metadata field to group by.")
+    inner_hits: int = Field(0, ge=0, le=100, description="Also return the next best hits of each group.")
 
 
 class SearchRequestBase(_Strict):
@@ -95,10 +148,25 @@ class SearchRequestBase(_Strict):
     k: int = Field(10, ge=1, description="Number of results to return.")
     offset: int = Field(0, ge=0, description="Results to skip, for pagination (stable: ties break by id).")
     fusion: FusionOptions = Field(default_factory=FusionOptions)
-    filters: dict[str, FilterValue] = Field(
-        default_factory=dict,
-        description="Metadata filters applied to every retriever before fusion: "
-        '`{"field": value}` is equality, `{"field": [v1, v2]}` means one of.',
+    filters: dict[str, Any] = Field(default_factory=dict, description=FILTERS_DOC, examples=[
+        {"lang": "en", "year": {"gte": 2015, "lt": 2019}},
+        {"any": [{"tags": "covid"}, {"not": {"published": {"lt": "2020-01-01"}}}]},
+    ])
+    min_score: FiniteFloat | None = Field(
+        None, description="Drop hits whose final score is below this. Hybrid: on the [0, 1] scale of "
+        "`normalized_score` (RRF: score / its maximum for the weights in use; interpolation: score / "
+        "sum of weights, in [0, 1] for minmax and dbsf). Single-retriever modes: the raw score.",
+    )
+    facets: list[StrictStr | FacetRequest] | None = Field(
+        None, min_length=1, max_length=20,
+        description="Fields to count values of (a name, or `{field, size, ranges}`): `count` is over "
+        "every document matching `filters`, `candidates` over the fused candidate list (the hits "
+        "`total` counts before collapsing).", examples=[["lang", {"field": "year", "ranges": [
+            {"lt": 2016}, {"gte": 2016}]}]],
+    )
+    collapse: CollapseOptions | None = Field(
+        None, description='Best hit per value of a field after fusion: `"parent_id"` or '
+        '`{"field": "parent_id", "inner_hits": 2}`. Pages and `total` count groups.',
     )
     explain: bool = Field(False, description="Add each retriever's raw score, rank and normalised score.")
     include_text: bool = Field(True, description="Return each hit's text (title and metadata always come).")
@@ -110,24 +178,28 @@ class SearchRequestBase(_Strict):
             raise ValueError("query must contain a non-space character")
         return _valid_unicode(v)
 
-    @field_validator("filters", mode="wrap")
+    @field_validator("filters", mode="before")
     @classmethod
-    def _filter_values(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> dict[str, Any]:
-        """One clear message instead of one per union member ("not a string", "not a bool", ...)."""
-        try:
-            filters = handler(v)
-        except ValidationError as exc:
-            where = ".".join(str(p) for p in exc.errors()[0]["loc"][:1])
-            raise ValueError(
-                f"filters must be an object mapping a metadata field to a string, number, boolean "
-                f"or a non-empty list of them (at most 500); bad entry: {where or '(whole value)'}"
-            ) from None
-        for field, value in filters.items():
-            _valid_unicode(field)
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, str):
-                    _valid_unicode(item)
-        return filters
+    def _filters_object(cls, v: Any) -> Any:
+        """The structure is checked by the engine, which names the path of a bad part."""
+        if not isinstance(v, dict):
+            raise ValueError("filters must be an object (see the filter language in the docs)")
+        return v
+
+    @field_validator("facets", mode="before")
+    @classmethod
+    def _facet_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            v = [{"field": f} if isinstance(f, str) else f for f in v]
+            names = [f.get("field") for f in v if isinstance(f, dict)]
+            if len(set(names)) != len(names):
+                raise ValueError("facets must not repeat a field")
+        return v
+
+    @field_validator("collapse", mode="before")
+    @classmethod
+    def _collapse_name(cls, v: Any) -> Any:
+        return {"field": v} if isinstance(v, str) else v
 
     @field_validator("retrievers")
     @classmethod
@@ -205,14 +277,40 @@ class RetrieverExplanation(BaseModel):
     weighted_score: float = Field(description="weight x normalized_score: this retriever's part of `score`.")
 
 
+class FacetValue(BaseModel):
+    value: str | bool | int | float
+    count: int = Field(description="Documents matching the filters that have this value.")
+    candidates: int = Field(description="Of the fused candidates, how many have this value.")
+
+
+class FacetBucket(BaseModel):
+    key: str
+    gt: float | str | None = None
+    gte: float | str | None = None
+    lt: float | str | None = None
+    lte: float | str | None = None
+    count: int = Field(description="Documents matching the filters with a value in the range.")
+    candidates: int = Field(description="Of the fused candidates, how many have a value in the range.")
+
+
+class FacetResult(BaseModel):
+    values: list[FacetValue] = Field(default_factory=list, description="Most frequent values (by count).")
+    ranges: list[FacetBucket] | None = None
+
+
 class SearchHit(BaseModel):
     id: str = Field(description="The corpus `_id`.")
     rank: int = Field(description="1-based position in the full result list (offset included).")
     score: float
+    normalized_score: float | None = Field(
+        None, description="Hybrid: `score` on the [0, 1] scale `min_score` uses (score / fusion.score_scale).")
     title: str
     text: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     explain: dict[str, RetrieverExplanation] | None = None
+    inner_hits: list[SearchHit] | None = Field(
+        None, description="With collapse: the next best hits of this hit's group (their `rank` is "
+        "their position in the uncollapsed fused list).")
 
 
 class FusionUsed(BaseModel):
@@ -222,6 +320,9 @@ class FusionUsed(BaseModel):
     weights: dict[str, float]
     rrf_k: float | None = None
     normalization: Normalization | None = None
+    normalizers: dict[str, Normalization] | None = None
+    score_scale: float | None = Field(
+        None, description="The fused score's maximum for these weights; normalized_score = score / score_scale.")
     source: Literal["request", "manifest", "default"] = Field(
         description="Where the method came from: the request, tuned values in the manifest, or built-in."
     )
@@ -233,8 +334,10 @@ class SearchResponse(BaseModel):
     retrievers: list[str]
     k: int
     offset: int
-    total: int = Field(description="Candidates found before pagination (bounded by the depths).")
+    total: int = Field(description="Candidates found before pagination (bounded by the depths), after "
+                       "min_score; with collapse, the number of groups.")
     hits: list[SearchHit]
+    facets: dict[str, FacetResult] | None = None
     fusion: FusionUsed | None = Field(None, description="Null in single-retriever modes.")
     timings_ms: dict[str, float] = Field(
         description="Per stage: filter, encode_sparse, encode_dense, bm25, sparse, dense, fusion, "

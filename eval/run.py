@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trident_search.core.schemas import SearchRequestBase, search_request_model
 from trident_search.errors import TridentError
 from trident_search.eval.metrics import evaluate
 from trident_search.eval.results import ModeResult, Run, latency_summary
 from trident_search.eval.tuning import RetrieverRuns, TuningResult, manifest_fusion, tune, write_manifest_fusion
 from trident_search.indexers.hits import Hit
-from trident_search.core.schemas import SearchRequestBase, search_request_model
 from trident_search.indexers.retriever import registered
 
 if TYPE_CHECKING:
@@ -55,7 +55,8 @@ def _single(retriever: str, **options: Any) -> Callable[[str, int, Sequence[str]
     return build
 
 
-def _hybrid(method: str, *, untuned: bool) -> Callable[[str, int, Sequence[str]], SearchRequestBase]:
+def _hybrid(method: str, *, untuned: bool,
+            normalization: str = "minmax") -> Callable[[str, int, Sequence[str]], SearchRequestBase]:
     """Untuned: equal weights, RRF k=60 / min-max given explicitly, so a tuned manifest can't leak in.
 
     Tuned: only the method is given; weights, k and normalisation come from the manifest.
@@ -65,7 +66,7 @@ def _hybrid(method: str, *, untuned: bool) -> Callable[[str, int, Sequence[str]]
         if not untuned:
             return _request({"query": query, "mode": "hybrid", "k": k, "fusion": {"method": method}})
         fusion = ({"method": "rrf", "rrf_k": 60.0} if method == "rrf"
-                  else {"method": "interpolation", "normalization": "minmax"})
+                  else {"method": "interpolation", "normalization": normalization})
         weights = {r: {"weight": EQUAL_WEIGHT} for r in retrievers}
         return _request({"query": query, "mode": "hybrid", "k": k, "fusion": fusion, **weights})
 
@@ -85,6 +86,7 @@ def modes() -> dict[str, Mode]:
     out += [
         Mode("rrf", everyone, _hybrid("rrf", untuned=True)),
         Mode("interpolation", everyone, _hybrid("interpolation", untuned=True)),
+        Mode("dbsf", everyone, _hybrid("interpolation", untuned=True, normalization="dbsf")),
         Mode("rrf-tuned", everyone, _hybrid("rrf", untuned=False), tuned=True),
         Mode("interpolation-tuned", everyone, _hybrid("interpolation", untuned=False), tuned=True),
     ]

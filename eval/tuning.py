@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from trident_search.core.fusion import Normalized, normalize, reciprocal_ranks
+from trident_search.core.tuned import TunedFusion
 from trident_search.errors import TridentError
 from trident_search.eval.metrics import evaluate
 from trident_search.indexers.hits import Hit
-from trident_search.core.tuned import TunedFusion
 from trident_search.indexers.manifest import Manifest, ManifestError
-from trident_search.core.fusion import Normalized, normalize, reciprocal_ranks
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 RetrieverRuns = Mapping[str, Mapping[str, Sequence[Hit]]]
 
 DEFAULT_RRF_KS = (5.0, 10.0, 20.0, 40.0, 60.0, 100.0)
-DEFAULT_NORMALIZATIONS = ("minmax", "zscore")
+DEFAULT_NORMALIZATIONS = ("minmax", "zscore", "dbsf")  # dbsf: Qdrant's mean +- 3 std, see core.fusion
 
 
 class TuningError(TridentError, ValueError):

@@ -2,14 +2,14 @@
 
 One table keyed by internal id (the document's position in the corpus), written once by the build
 and then only read. WAL mode lets many readers run beside each other; the service opens read-only
-connections, one per thread, so a threaded server needs no lock. Metadata filters run in SQLite
-(``json_extract``) and come back as a bool mask over internal ids, the form every retriever takes.
+connections, one per thread, so a threaded server needs no lock. Metadata filters and facets run on
+typed columns loaded from the metadata (``indexers/filters.py``) and come back as a bool mask over
+internal ids, the form every retriever takes.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from trident_search.errors import TridentError
+from trident_search.indexers import filters as _filters
 from trident_search.indexers.corpus import Document
+from trident_search.indexers.filters import FilterError as FilterError  # re-exported
 
 _SCHEMA = """
 CREATE TABLE docs (
@@ -32,17 +34,12 @@ CREATE TABLE docs (
     metadata TEXT NOT NULL
 )
 """
-_FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 _SQL_VARS = 500  # stay well under SQLite's bound-parameter limit
 Scalar = str | int | float | bool
 
 
 class DocStoreError(TridentError, ValueError):
     """A docstore that cannot be opened, or a lookup or filter it cannot answer."""
-
-
-class FilterError(DocStoreError):
-    """A metadata filter with a bad field name or value; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +64,7 @@ class DocStore:
         self._writer: sqlite3.Connection | None = None
         self._external_ids: np.ndarray | None = None
         self._matching = lru_cache(maxsize=256)(self._matching_uncached)
+        self.columns = _filters.Columns(self._conn, self.__len__)
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -149,6 +147,7 @@ class DocStore:
         if rows:
             self._insert(conn, rows)
         self._external_ids = None
+        self.filters_changed()
         return added
 
     @staticmethod
@@ -204,61 +203,46 @@ class DocStore:
             )
         return np.array([found.get(e, -1) for e in wanted], dtype=np.int64)
 
-    def matching(self, filters: Mapping[str, Scalar | Sequence[Scalar]]) -> np.ndarray:
-        """Bool mask over internal ids of documents whose metadata match every filter.
+    def matching(self, filters: Mapping[str, Any]) -> np.ndarray:
+        """Bool mask over internal ids of documents whose metadata match the filter.
 
-        ``{"year": 2020}`` is equality; ``{"lang": ["en", "de"]}`` means the value is one of those.
-        Fields name top-level metadata keys. Masks are cached: the same filter is cheap to repeat.
+        The filter language (equality, lists, operators gt/gte/lt/lte/ne/in/nin/exists, combinators
+        all/any/not) is described in ``trident_search.indexers.filters``; :class:`FilterError` names
+        the path of a bad part. Masks are cached: the same filter is cheap to repeat.
         """
-        key = tuple(
-            sorted(((f, tuple(v) if _is_list(v) else v) for f, v in filters.items()), key=lambda t: str(t[0]))
-        )
-        try:
-            hash(key)
-        except TypeError:
-            raise FilterError(
-                "filter values must be strings, numbers, booleans or lists of them"
-            ) from None
+        key = _filters.canonical(filters)
         return self._matching(key).copy()
 
-    def _matching_uncached(self, key: tuple[tuple[str, Any], ...]) -> np.ndarray:
-        clauses: list[str] = []
-        args: list[Any] = []
-        for field, value in key:
-            if not isinstance(field, str) or not _FIELD.match(field):
-                raise FilterError(
-                    f"bad metadata field name {field!r}: use letters, digits, '_', '.', ':' or '-'"
-                )
-            path = f'json_extract(metadata, \'$."{field}"\')'
-            values = list(value) if isinstance(value, tuple) else [value]
-            if not values:
-                raise FilterError(f"filter on {field!r} lists no values")
-            for v in values:
-                if not isinstance(v, (str, int, float, bool)):
-                    raise FilterError(
-                        f"filter on {field!r}: values must be strings, numbers or booleans, "
-                        f"got {type(v).__name__}"
-                    )
-            if len(values) > _SQL_VARS:
-                raise FilterError(f"filter on {field!r} lists {len(values)} values; at most {_SQL_VARS}")
-            clauses.append(f"{path} IN ({','.join('?' * len(values))})")
-            args.extend(values)
-        mask = np.zeros(len(self), dtype=bool)
-        if not clauses:
-            mask[:] = True
-            return mask
-        sql = f"SELECT id FROM docs WHERE {' AND '.join(clauses)}"
-        ids = np.fromiter((r[0] for r in self._conn().execute(sql, args)), dtype=np.int64)
-        mask[ids] = True
-        return mask
+    def _matching_uncached(self, key: str) -> np.ndarray:
+        return self.columns.mask(_filters.parse(json.loads(key)))
 
+    def filters_changed(self) -> None:
+        """Forget cached masks and metadata columns; every write to the store must call this."""
+        self._matching.cache_clear()
+        self.columns.invalidate()
 
-def _is_list(v: object) -> bool:
-    return isinstance(v, (list, tuple, set, frozenset))
+    def facet(self, field: str, allowed: np.ndarray | None, *, size: int = 10,
+              ranges: Sequence[Mapping[str, Any]] = ()) -> tuple[list[tuple[Any, int]], list[int]]:
+        """Top ``size`` (value, document count) pairs of ``field`` among ``allowed`` documents, and
+        the document count inside each range (``{"gte": 2015, "lt": 2018}``)."""
+        col = self.columns.column(field)
+        return (_filters.value_counts(col, allowed, size),
+                [_filters.range_count(col, r, allowed) for r in ranges])
+
+    def field_values(self, internal_ids: Sequence[int] | np.ndarray, field: str) -> list[Any]:
+        """Each document's first value of ``field`` (None when it has none), for collapsing."""
+        col = self.columns.column(field)
+        ids = np.asarray(internal_ids, dtype=np.int64)
+        first = np.searchsorted(col.docs, ids)
+        out: list[Any] = []
+        for i, row in zip(ids.tolist(), first.tolist(), strict=True):
+            out.append(col.value(row) if row < len(col.docs) and col.docs[row] == i else None)
+        return out
 
 
 def _stored(row: tuple[int, str, str, str, str]) -> StoredDoc:
     return StoredDoc(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
 
 
 # -- live writes: the write-ahead log (``trident_search.core.live``) ------------------------------
@@ -378,8 +362,7 @@ class WriteLog:
                 conn.execute("ROLLBACK")
                 raise
         # What the store cached (filter masks, the id array) no longer describes it.
-        self.store._matching.cache_clear()
-        getattr(self.store, "filters_changed", lambda: None)()
+        self.store.filters_changed()
         self.store._external_ids = None
         return entries
 
