@@ -83,6 +83,24 @@ class Generation:
     retired: bool = False
     closed: bool = False
     loaded_at: float = field(default_factory=time.time)
+    owner: Generations | None = field(default=None, repr=False)
+
+    def bound(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` holding this generation until it returns, for a worker thread: when the request
+        awaiting it is cancelled (drain deadline passed), the thread still runs, and the generation
+        must not close under it."""
+        owner = self.owner
+        if owner is None:
+            return fn
+        owner.hold(self)
+
+        def call(*args: Any, **kwargs: Any) -> T:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                owner.release(self)
+
+        return call
 
 
 class Generations:
@@ -103,6 +121,10 @@ class Generations:
             if gen is not None:
                 gen.inflight += 1
             return gen
+
+    def hold(self, gen: Generation) -> None:
+        with self._lock:
+            gen.inflight += 1
 
     def release(self, gen: Generation) -> None:
         with self._lock:
@@ -128,7 +150,7 @@ class Generations:
         """Make ``engine`` the serving generation; the previous one closes after its last request."""
         with self._lock:
             self._count += 1
-            new = Generation(engine, self._count, key)
+            new = Generation(engine, self._count, key, owner=self)
             old, self.current = self.current, new
             close = False
             if old is not None:

@@ -166,7 +166,7 @@ def search_router(settings: Settings, lease: Lease, admit: Admit, metrics: Metri
     async def run_search(body: SearchRequestBase, request: Request) -> Response:
         check_limits(body, settings)
         async with admit(), lease(request) as gen:
-            resp = await run_in_threadpool(gen.engine.search, body)
+            resp = await run_in_threadpool(gen.bound(gen.engine.search), body)
         metrics.observe_search(resp)
         return _json(resp)
 
@@ -202,7 +202,7 @@ def search_router(settings: Settings, lease: Lease, admit: Admit, metrics: Metri
             check_limits(req, settings, prefix=f"requests.{i}.")
         start = time.perf_counter()
         async with admit(), lease(request) as gen:
-            results = await run_in_threadpool(gen.engine.search_batch, requests)
+            results = await run_in_threadpool(gen.bound(gen.engine.search_batch), requests)
         for resp in results:
             metrics.observe_search(resp)
         total_ms = (time.perf_counter() - start) * 1e3
@@ -219,7 +219,7 @@ def documents_router(lease: Lease) -> APIRouter:
     async def get_document(doc_id: str, request: Request) -> DocumentResponse:
         """One stored document by its corpus `_id`."""
         async with lease(request) as gen:
-            return await run_in_threadpool(gen.engine.document, doc_id)
+            return await run_in_threadpool(gen.bound(gen.engine.document), doc_id)
 
     return router
 

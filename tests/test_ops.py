@@ -182,10 +182,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(two_indexes: tuple[Path, Path]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+@pytest.fixture(params=[10.0])
+def server(request: pytest.FixtureRequest, two_indexes: tuple[Path, Path]) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
-    env = {**os.environ, "TRIDENT_DRAIN_S": "10", "TRIDENT_WATCH_S": "0"}
+    env = {**os.environ, "TRIDENT_DRAIN_S": str(request.param), "TRIDENT_WATCH_S": "0"}
     proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--index", str(two_indexes[0]),
                              "--port", str(port)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -234,6 +234,29 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(server: tuple[subpro
     for line in ("SIGTERM received: draining", "closing index generation 1", "index generation 1 closed",
                  "shutdown complete after SIGTERM; exit 0"):
         assert line in out, out
+
+
+@pytest.mark.parametrize("server", [1.0], indirect=True)
+def test_a_request_slower_than_the_drain_deadline_does_not_hold_the_exit(
+        server: tuple[subprocess.Popen[str], str]) -> None:
+    proc, url = server
+    SLOW = "slow slow"  # 3 s, past the 1 s deadline
+
+    def slow_search() -> None:
+        try:
+            httpx.post(f"{url}/v1/search", json={"query": SLOW, "mode": "bm25"}, timeout=30)
+        except httpx.HTTPError:
+            pass
+
+    t = threading.Thread(target=slow_search, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+    assert time.monotonic() - sent < 1.0 + 2.5, out  # before the search would have ended
+    assert "still running on generation 1" in out, out
 
 
 def test_serve_on_a_port_in_use_fails_at_once(two_indexes: tuple[Path, Path]) -> None:
