@@ -240,8 +240,14 @@ def _export(model: Any, source: ModelSource, pooling: Pooling, input_names: list
         # Graph fusions before quantising make the int8 graph ~15% faster with identical outputs; symbolic shape
         # inference is skipped because it cannot resolve the dynamic sequence axis of these graphs.
         optimized = staging / "model.opt.onnx"
-        quant_pre_process(str(fp32), str(optimized), skip_symbolic_shape=True)
-        quantize_dynamic(str(optimized), str(staging / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8)
+        # The quantizer logs ~70 INFO lines (root logger); the export is announced once, above.
+        disabled = logging.root.manager.disable
+        logging.disable(logging.INFO)
+        try:
+            quant_pre_process(str(fp32), str(optimized), skip_symbolic_shape=True)
+            quantize_dynamic(str(optimized), str(staging / MODEL_FILE), per_channel=True, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(disabled)
         fp32.unlink()
         optimized.unlink()
         meta = {"name": source.name, "revision": source.revision, "pooling": pooling, "inputs": input_names,
