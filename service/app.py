@@ -147,7 +147,9 @@ def _error_response(request: Request, exc: Exception) -> JSONResponse:
         if status == 405:
             headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
     else:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # exc_info=exc: the handler may run outside the except block (a bare log.exception then
+        # logs "NoneType: None" instead of the traceback).
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         status, code, message = 500, "internal_error", "internal server error; see the server log"
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is not None:
