@@ -59,6 +59,7 @@ from trident_search.service.routes import (
     index_router,
     admin_router,
     ops_router,
+    page_router,
     search_router,
 )
 from trident_search.settings import Settings
@@ -461,6 +462,7 @@ def create_app(
     v1.include_router(admin_router(do_reload))
     app.include_router(v1)
     app.include_router(ops_router(settings, ready, metrics))
+    app.include_router(page_router(settings))  # the search page at / (service/static/)
     _document_limits(app, settings)
     return app
 

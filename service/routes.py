@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Query, Request
@@ -20,12 +21,13 @@ from trident_search.core.schemas import (
     BatchSearchResponse,
     DocumentResponse,
     IndexInfo,
+    Normalization,
     SearchRequestBase,
     SearchResponse,
     batch_request_model,
     search_request_model,
 )
-from trident_search.errors import InvalidRequestError
+from trident_search.errors import InvalidRequestError, NotFoundError
 from trident_search.indexers.retriever import registered
 from trident_search.service.errors import ErrorResponse
 from trident_search.service.lifecycle import Generation
@@ -92,7 +94,7 @@ def get_params_model(settings: Settings) -> type[BaseModel]:
         "retrievers": (str | None, Field(None, description="Hybrid: comma-separated subset, e.g. `bm25,dense`.")),
         "fusion": (Literal["rrf", "interpolation"] | None, None),
         "rrf_k": (float | None, Field(None, ge=0, le=1e6)),
-        "normalization": (Literal["minmax", "zscore", "none"] | None, None),
+        "normalization": (Normalization | None, None),
         "filters": (str | None, Field(None, description='Metadata filters as JSON, e.g. `{"year": 2020}`.')),
         "explain": (bool, False),
         "include_text": (bool, True),
@@ -275,5 +277,31 @@ def ops_router(settings: Settings, ready: Callable[[Request], Generation], metri
     async def prometheus() -> Response:
         """Prometheus text format: requests, latency per route, per search stage and mode, errors."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
+
+
+# -- the search page ----------------------------------------------------------------------------
+_STATIC = Path(__file__).resolve().parent / "static"
+_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+
+
+def page_router(settings: Settings) -> APIRouter:
+    """The search page at ``/`` (``service/static/``: HTML, CSS and plain JavaScript over the JSON
+    API). Public like ``/healthz``: it holds no data; its searches send the API key the user types."""
+    router = APIRouter(include_in_schema=False)
+    header = json.dumps(settings.server.api_key_header)[1:-1].replace('"', "&quot;")
+
+    @router.get("/")
+    async def page() -> Response:
+        html = (_STATIC / "index.html").read_text(encoding="utf-8").replace("{{API_KEY_HEADER}}", header)
+        return Response(html, media_type="text/html; charset=utf-8")
+
+    @router.get("/static/{name}")
+    async def asset(name: str) -> Response:
+        if name not in _ASSETS:
+            raise NotFoundError(f"no static file {name!r}", field="name")
+        return Response((_STATIC / name).read_bytes(), media_type=f"{_ASSETS[name]}; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
 
     return router
