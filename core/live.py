@@ -23,6 +23,7 @@ replay from the log's stored encodings without a model).
 """
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import threading
@@ -64,33 +65,25 @@ class WriteResult:
 
 
 def validate(items: Sequence[Any]) -> list[Document]:
-    """Corpus-line validation of request items (dicts with ``_id``, ``title``, ``text``, ``metadata``);
-    the first bad one raises, naming its index."""
+    """Request items validated exactly like corpus lines (``indexers.corpus``), plus: no id twice in
+    one request, no id the docstore reserves for tombstones. The first bad item raises, naming its index."""
+    from trident_search.indexers.corpus import _parse
+    from trident_search.indexers.docstore import DELETED_PREFIX
+
     docs: list[Document] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
         where = f"documents[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequestError(f"{where} must be an object", field=where)
-        unknown = sorted(set(item) - {"_id", "title", "text", "metadata"})
-        if unknown:
-            raise InvalidRequestError(f"{where} has unknown fields {unknown}", field=where)
-        doc_id = item.get("_id")
-        if not isinstance(doc_id, str) or not doc_id.strip() or doc_id != doc_id.strip() or "\x00" in doc_id:
-            raise InvalidRequestError(f"{where}._id must be a non-empty string without surrounding "
-                                      f"whitespace, got {doc_id!r}", field=f"{where}._id")
-        for key in ("title", "text"):
-            if not isinstance(item.get(key, ""), str):
-                raise InvalidRequestError(f"{where}.{key} must be a string", field=f"{where}.{key}")
-        meta = item.get("metadata", {})
-        if meta is None:
-            meta = {}
-        if not isinstance(meta, dict):
-            raise InvalidRequestError(f"{where}.metadata must be an object", field=f"{where}.metadata")
-        if doc_id in seen:
-            raise InvalidRequestError(f"{where}._id {doc_id!r} appears twice in this request", field=f"{where}._id")
-        seen.add(doc_id)
-        docs.append(Document(doc_id, item.get("title", ""), item.get("text", ""), meta))
+        try:
+            doc = _parse(json.dumps(item, ensure_ascii=False))
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"{where}: {exc}", field=where) from None
+        if doc.id.startswith(DELETED_PREFIX):
+            raise InvalidRequestError(f"{where}: '_id' may not start with NUL", field=where)
+        if doc.id in seen:
+            raise InvalidRequestError(f"{where}: '_id' {doc.id!r} appears twice in this request", field=where)
+        seen.add(doc.id)
+        docs.append(doc)
     return docs
 
 

@@ -6,7 +6,9 @@ ids, which this module maps to external ids once, so fusion and users only ever 
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,6 +92,7 @@ class LocalIndex:
         self.view: tuple[np.ndarray, np.ndarray | None, int] = (self.external_ids, None, len(self.external_ids))
         self.live: LiveWriter | None = None
         self._live_lock = threading.Lock()
+        self._lock_fd = _hold_shared(path)
         # The calling thread runs one retriever itself, so the pool needs one thread fewer.
         self._pool = ThreadPoolExecutor(max(1, threads - 1), thread_name_prefix="trident-retriever")
 
@@ -129,7 +132,13 @@ class LocalIndex:
             raise
         log.info("opened %s: %d documents, retrievers %s, query backend %s", path, manifest.doc_count,
                  ", ".join(parts), query_backend)
-        index = cls(path, manifest, docstore, parts, encoders, threads=threads)
+        try:
+            index = cls(path, manifest, docstore, parts, encoders, threads=threads)
+        except BaseException:
+            for part in parts.values():
+                part.close()
+            docstore.close()
+            raise
         if written:  # replay the logged writes the parts had not absorbed
             try:
                 index.writer().replay()
@@ -147,6 +156,14 @@ class LocalIndex:
                 from trident_search.core.live import LiveWriter
                 from trident_search.indexers.docstore import DocStoreError
 
+                if self._lock_fd is None:
+                    raise WritesUnsupportedError(f"{self.path} is not writable: this index cannot take writes")
+                try:  # the one writer: no other process may have the index open meanwhile
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise WritesUnsupportedError(
+                        f"another process has {self.path} open (a server, a server's other workers, or "
+                        "`trident index add`): writes need the only process holding the index") from None
                 try:
                     self.live = LiveWriter(self)
                 except DocStoreError as exc:
@@ -168,6 +185,9 @@ class LocalIndex:
         self._pool.shutdown(wait=True)
         if self.live is not None:
             self.live.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
         for part in self.parts.values():
             part.close()
         for enc in self.encoders.values():
@@ -295,6 +315,26 @@ def _check_revision(name: str, encoder: QueryEncoder, manifest: Manifest) -> Non
     if built and revision and revision != built:
         log.warning("%s query encoder is revision %s, the index was built with %s; rankings may suffer",
                     name, revision, built)
+
+
+LOCK_FILE = ".trident.lock"
+
+
+def _hold_shared(path: Path) -> int | None:
+    """A shared lock on ``<index>/.trident.lock`` for as long as the index is open (None where the
+    folder is read-only). A writer upgrades it to exclusive, so there is one writer and no reader
+    in another process while it writes; the kernel releases it when the process dies (kill -9)."""
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise IndexLoadError(f"{path} is being written by another process (`trident index add`/`delete` "
+                             "or a server taking writes); open it when that is done") from None
+    return fd
 
 
 def _unwritten(files: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

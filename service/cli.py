@@ -15,6 +15,7 @@ import typer
 
 from trident_search.indexers.cli import index_app
 from trident_search.service.commands import search, serve
+from trident_search.service.index_writes import register as register_index_writes
 
 app = typer.Typer(
     name="trident",
@@ -44,6 +45,7 @@ def main(
     )
 
 
+register_index_writes(index_app)  # trident index add / delete (service/index_writes.py)
 app.add_typer(index_app, name="index", help="Build and inspect index directories.")
 app.command("serve")(serve)
 app.command("search")(search)
