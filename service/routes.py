@@ -95,7 +95,11 @@ def get_params_model(settings: Settings) -> type[BaseModel]:
         "fusion": (Literal["rrf", "interpolation"] | None, None),
         "rrf_k": (float | None, Field(None, ge=0, le=1e6)),
         "normalization": (Normalization | None, None),
-        "filters": (str | None, Field(None, description='Metadata filters as JSON, e.g. `{"year": 2020}`.')),
+        "filters": (str | None, Field(None, description='Metadata filters as JSON, e.g. `{"year": {"gte": 2020}}`.')),
+        "min_score": (float | None, Field(None, description="Drop hits below this final score (see POST).")),
+        "facets": (str | None, Field(None, description="Comma-separated fields to count values of, e.g. `lang,year`.")),
+        "collapse": (str | None, Field(None, description="Keep the best hit per value of this field.")),
+        "inner_hits": (int | None, Field(None, ge=0, le=100, description="With collapse: next best hits per group.")),
         "explain": (bool, False),
         "include_text": (bool, True),
     }
@@ -135,6 +139,12 @@ def _from_get(params: BaseModel) -> dict[str, Any]:
     }
     if p["retrievers"]:
         body["retrievers"] = [r.strip() for r in p["retrievers"].split(",") if r.strip()]
+    if p["min_score"] is not None:
+        body["min_score"] = p["min_score"]
+    if p["facets"]:
+        body["facets"] = [f.strip() for f in p["facets"].split(",") if f.strip()]
+    if p["collapse"]:
+        body["collapse"] = {"field": p["collapse"], **({"inner_hits": p["inner_hits"]} if p["inner_hits"] else {})}
     for name, spec in registered().items():
         opts = {f: p[f"{name}_{f}"] for f in spec.options.model_fields if p[f"{name}_{f}"] is not None}
         if opts:
@@ -155,7 +165,9 @@ def _get_param(field: str | None) -> str | None:
         return tail
     if head in registered() and tail:
         return f"{head}_{tail}"
-    return head if head in {"filters", "retrievers"} else field
+    if head == "collapse" and tail == "inner_hits":
+        return "inner_hits"
+    return head if head in {"filters", "retrievers", "facets", "collapse", "min_score"} else field
 
 
 def search_router(settings: Settings, lease: Lease, admit: Admit, metrics: Metrics,

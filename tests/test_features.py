@@ -241,6 +241,13 @@ def test_http_features(client: TestClient) -> None:
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "filters.all.1.i.lt"
     get = client.get("/v1/search", params={"q": QUERY, "filters": '{"i": {"lt": 10}}', "mode": "dense"})
     assert get.status_code == 200 and all(h["metadata"]["i"] < 10 for h in get.json()["hits"])
+    get = client.get("/v1/search", params={"q": QUERY, "mode": "dense", "facets": "lang,year", "collapse": "lang",
+                                           "inner_hits": 2, "min_score": -1.0})
+    data = get.json()
+    assert get.status_code == 200 and set(data["facets"]) == {"lang", "year"} and data["total"] == 2
+    assert all(len(h["inner_hits"]) == 2 for h in data["hits"])
+    bad = client.get("/v1/search", params={"q": QUERY, "collapse": "lang", "inner_hits": 101})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "inner_hits"
     batch = client.post("/v1/search/batch", json={"requests": [{"query": "a"},
                                                                {"query": "b", "filters": {"i": {"gt": []}}}]})
     assert batch.status_code == 422 and batch.json()["error"]["field"] == "requests.1.filters.i.gt"

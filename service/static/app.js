@@ -56,9 +56,11 @@
     return b;
   }
 
-  function explainTable(hit) {
+  function explainTable(hit, fusion) {
+    // RRF terms are 1/(k + rank): the bar shows them relative to rank 1's term, 1/(k + 1).
+    const unit = fusion && fusion.method === "rrf" ? 1 / ((fusion.rrf_k || 0) + 1) : 1;
     const rows = Object.entries(hit.explain || {}).map(([name, e]) => {
-      const pct = Math.max(0, Math.min(1, e.normalized_score)) * 100;
+      const pct = Math.max(0, Math.min(1, e.normalized_score / unit)) * 100;
       return el("tr", { class: "explain-row" },
         el("td", {}, name),
         el("td", {}, e.rank === null ? "—" : `#${e.rank}`),
@@ -74,7 +76,7 @@
       el("table", {}, el("tbody", {}, ...rows)));
   }
 
-  function card(hit) {
+  function card(hit, fusion) {
     const snippet = (hit.text || "").slice(0, 280) + ((hit.text || "").length > 280 ? "…" : "");
     const meta = Object.entries(hit.metadata || {}).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(" · ");
     const inner = (hit.inner_hits || []).map((h) => el("li", {}, `${h.title} (#${h.rank})`));
@@ -83,7 +85,7 @@
       el("div", { class: "meta" }, meta),
       snippet ? el("p", {}, snippet) : null,
       inner.length ? el("ul", { class: "inner" }, ...inner) : null,
-      explainTable(hit));
+      explainTable(hit, fusion));
   }
 
   function toggleFacet(field, value) {
@@ -126,7 +128,7 @@
     }
     const how = data.fusion ? `${data.fusion.method}${data.fusion.normalization ? "/" + data.fusion.normalization : ""}` : data.mode;
     status.textContent = `${data.total} results · mode ${data.mode} · ${how}${data.warnings.length ? " · " + data.warnings.join("; ") : ""}`;
-    $("results").replaceChildren(...data.hits.map(card));
+    $("results").replaceChildren(...data.hits.map((h) => card(h, data.fusion)));
     facetList(data.facets);
     $("timings").textContent = "Timings (ms): " + Object.entries(data.timings_ms).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(" · ");
   }
