@@ -15,6 +15,7 @@ import torch
 
 from trident_search.encoders import DenseEncoder, EncoderConfigError, EncoderError, ModelLoadError, SparseEncoder, document_text
 from trident_search.encoders.models import DENSE_DEFAULT, SPARSE_DEFAULT, carried_model_dir, folder_revision, resolve_model
+from trident_search.encoders.pipeline import StageTimes, batches, plan_batches
 from trident_search.encoders.sparse import prune_top_k
 
 QUERIES = [
@@ -32,12 +33,12 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def sparse() -> SparseEncoder:
-    return SparseEncoder(device="cpu", threads=1)
+    return SparseEncoder(device="cpu", threads=1, backend="torch")
 
 
 @pytest.fixture(scope="module")
 def dense() -> DenseEncoder:
-    return DenseEncoder(device="cpu", threads=1)
+    return DenseEncoder(device="cpu", threads=1, backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -367,3 +368,108 @@ def test_demo_quality_onnx_queries_match_torch(
         logging.getLogger(__name__).info("demo nDCG@10 of %s: %s", exact.name, ndcg)
         assert ndcg["torch"] > 0.6, ndcg
         assert abs(ndcg["onnx"] - ndcg["torch"]) < 0.02, ndcg
+
+
+# ---- document pipeline ------------------------------------------------------------------------------
+
+
+def test_plan_batches_respects_the_token_budget() -> None:
+    lengths = np.array([5, 200, 17, 17, 256, 3, 90, 256, 1, 64])
+    plan = plan_batches(lengths, token_budget=512, max_batch=3)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(len(lengths)))
+    for rows in plan:
+        assert len(rows) <= 3 and (len(rows) == 1 or len(rows) * lengths[rows].max() <= 512)
+    assert plan[0].tolist() == [4, 7]  # longest first, ties in input order
+    assert plan_batches(np.array([300]), token_budget=64, max_batch=8)[0].tolist() == [0]  # always one row
+
+
+def test_pipeline_pads_per_batch_and_keeps_every_text(sparse: SparseEncoder) -> None:
+    from trident_search.encoders.onnx import fast_tokenizer
+
+    tokenizer = fast_tokenizer(sparse._model.tokenizer, 16)
+    texts = [("word " * n).strip() for n in (1, 30, 3, 7, 2, 12, 0, 5)]
+    times = StageTimes()
+    got = list(batches(texts, tokenizer, ["input_ids", "attention_mask", "token_type_ids"], token_budget=32,
+                       max_batch=4, times=times, window=3))
+    positions = np.concatenate([b.positions for b in got])
+    assert sorted(positions.tolist()) == list(range(len(texts)))
+    for batch in got:
+        ids, mask = batch.arrays["input_ids"], batch.arrays["attention_mask"]
+        assert mask[:, -1].any() and (mask.sum(axis=1) <= 16).all()  # padded to the longest row, truncated
+        for row, position in enumerate(batch.positions):
+            expected = tokenizer.encode(texts[position]).ids
+            assert ids[row, : len(expected)].tolist() == expected and not ids[row, len(expected):].any()
+    assert times.batches == len(got) and times.tokens <= times.padded_tokens
+
+
+def test_torch_document_pipeline_matches_sentence_transformers(sparse: SparseEncoder, dense: DenseEncoder) -> None:
+    texts = [*DOCS, "short", DOCS[2] * 12]  # one text longer than max_length
+    assert sparse.document_backend == dense.document_backend == "torch-fp32"
+    reference = sparse._encode_torch(texts, document=True).toarray()
+    np.testing.assert_allclose(sparse.encode_documents(texts).toarray(), reference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dense.encode_documents(texts), dense._encode_torch(texts, document=True), atol=1e-5)
+
+
+def test_cpu_default_encodes_documents_with_int8_onnx(onnx_cache: Path) -> None:
+    encoder = SparseEncoder(device="cpu", threads=1, doc_top_k=20)
+    assert encoder.document_backend == "onnx-int8" and encoder.backend == "torch"  # queries stay torch
+    assert encoder.describe() == {"name": SPARSE_DEFAULT, "revision": encoder.revision, "backend": "onnx-int8",
+                                  "device": "cpu"}
+    rows = encoder.encode_documents(DOCS)
+    assert rows.dtype == np.float32 and rows.has_canonical_format and (rows.data > 0).all()
+    assert (np.diff(rows.indptr) == 20).all()
+    assert set(encoder.stage_times) >= {"tokenize", "model", "output", "total"}
+    assert encoder.encode_documents([]).shape == (0, encoder.vocab_size)
+    torch_backend = SparseEncoder(device="cpu", threads=1, backend="torch")
+    assert torch_backend.describe()["backend"] == "torch-fp32"
+
+
+def test_onnx_documents_rank_like_torch(
+    sparse: SparseEncoder, dense: DenseEncoder, sparse_onnx: SparseEncoder, dense_onnx: DenseEncoder
+) -> None:
+    for exact, fast in ((sparse, sparse_onnx), (dense, dense_onnx)):
+        assert fast.document_backend == "onnx-int8"
+        queries = exact.encode_queries(QUERIES)
+        torch_scores, onnx_scores = queries @ exact.encode_documents(DOCS).T, queries @ fast.encode_documents(DOCS).T
+        if sp.issparse(torch_scores):
+            torch_scores, onnx_scores = torch_scores.toarray(), onnx_scores.toarray()
+        assert _rankings(onnx_scores) == _rankings(torch_scores)
+        again = fast.encode_documents(DOCS)  # deterministic: same texts, same batches, same vectors
+        assert (again != fast.encode_documents(DOCS)).nnz == 0 if sp.issparse(again) else np.array_equal(
+            again, fast.encode_documents(DOCS))
+
+
+def test_bad_precision_is_a_clear_error() -> None:
+    with pytest.raises(EncoderConfigError, match="precision"):
+        SparseEncoder(device="cpu", precision="fp8")
+    with pytest.raises(EncoderConfigError, match="CUDA"):
+        DenseEncoder(device="cpu", precision="bf16")
+    with pytest.raises(EncoderConfigError, match="backend"):
+        DenseEncoder(device="cpu", backend="tensorrt")
+
+
+@pytest.mark.slow
+def test_demo_quality_onnx_documents_match_torch(
+    demo_dir: Path, sparse: SparseEncoder, dense: DenseEncoder, sparse_onnx: SparseEncoder, dense_onnx: DenseEncoder
+) -> None:
+    """The 500-doc scifact demo encoded by int8 ONNX ranks like torch fp32: same nDCG@10, same top 10s."""
+    from trident_search.eval.beir import BeirDataset
+    from trident_search.indexers.corpus import iter_corpus
+
+    data = BeirDataset.open(demo_dir)
+    docs = list(iter_corpus(data.root))
+    doc_ids, texts = [d.id for d in docs], [document_text(d.title, d.text) for d in docs]
+    qrels, queries = data.qrels("test"), data.queries("test")
+    qids = list(queries)
+    for exact, fast in ((sparse, sparse_onnx), (dense, dense_onnx)):
+        query_vectors = exact.encode_queries(list(queries.values()))
+        scores = {}
+        for backend, encoder in (("torch", exact), ("onnx", fast)):
+            product = query_vectors @ encoder.encode_documents(texts).T
+            scores[backend] = product.toarray() if sp.issparse(product) else np.asarray(product)
+        ndcg = {backend: _ndcg_at_10(qrels, qids, doc_ids, value) for backend, value in scores.items()}
+        top = [np.argsort(-scores[b], axis=1, kind="stable")[:, :10] for b in ("torch", "onnx")]
+        overlap = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(*top)]))
+        logging.getLogger(__name__).info("demo documents %s: nDCG@10 %s, top-10 overlap %.3f", exact.name, ndcg, overlap)
+        assert abs(ndcg["onnx"] - ndcg["torch"]) < 0.01, ndcg
+        assert overlap > 0.85, overlap
