@@ -82,7 +82,7 @@ def main() -> int:
         back = stage(root)
         ok = True
         if args.only in (None, "mypy"):
-            cache = REPO / ".mypy_cache"
+            cache = Path(os.environ.get("MYPY_CACHE_DIR") or REPO / ".mypy_cache")
             ok &= run("mypy", [str(BIN / "mypy"), "--config-file", str(REPO / "pyproject.toml"),
                                "--cache-dir", str(cache), *MYPY_TARGETS], root, back)
         if args.only in (None, "imports"):
