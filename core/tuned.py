@@ -30,6 +30,11 @@ class TunedFusion(BaseModel):
     rrf: MethodSettings | None = None
     interpolation: MethodSettings | None = None
     tuned_on: dict[str, Any] = Field(default_factory=dict)
+    # The entry this one replaced ({}: the built-in default), so ``trident eval restore-fusion`` can put
+    # it back; and the cross-validation evidence ``--tune-on`` adopted this entry on. Optional: entries
+    # written before these fields existed read as before.
+    previous: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
 
     def for_method(self, method: str) -> MethodSettings:
         return getattr(self, method, None) or MethodSettings()

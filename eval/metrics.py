@@ -5,7 +5,9 @@ Names follow BEIR's reporting: ``ndcg@10`` is trec_eval ``ndcg_cut_10``, ``recal
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import pytrec_eval
 
@@ -30,6 +32,28 @@ def _top(run: Mapping[str, float], k: int | None) -> dict[str, float]:
     return dict(ranked[:k])
 
 
+# BEIR drops hits whose doc id equals the query id (``ignore_identical_ids``). Right for collections
+# where a query is also a document (quora, arguana), wrong where query and document ids are both small
+# integers and a genuine relevant pair can share an id. ``trident eval beir --keep-identical-ids``
+# turns it off for everything scored in the command (tuning included) through this context variable.
+_IGNORE_IDENTICAL_IDS: ContextVar[bool] = ContextVar("ignore_identical_ids", default=True)
+
+
+@contextmanager
+def identical_ids(*, ignore: bool) -> Iterator[None]:
+    """Within the block, metrics called without ``ignore_identical_ids`` use ``ignore``."""
+    token = _IGNORE_IDENTICAL_IDS.set(ignore)
+    try:
+        yield
+    finally:
+        _IGNORE_IDENTICAL_IDS.reset(token)
+
+
+def ignoring_identical_ids() -> bool:
+    """The policy in force: True (BEIR's default) unless inside ``identical_ids(ignore=False)``."""
+    return _IGNORE_IDENTICAL_IDS.get()
+
+
 def drop_identical_ids(run: Run) -> dict[str, dict[str, float]]:
     """Remove hits whose doc id equals the query id, as BEIR's ``ignore_identical_ids`` does."""
     return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
@@ -40,12 +64,15 @@ def evaluate_per_query(
     run: Run,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
     *,
-    ignore_identical_ids: bool = True,
+    ignore_identical_ids: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-query scores, metric -> {qid: value}, over the queries judged in ``qrels``.
 
     Judged queries with no hits in the run score 0, as BEIR does, rather than vanishing.
+    ``ignore_identical_ids`` None follows :func:`identical_ids` (default: drop them, as BEIR does).
     """
+    if ignore_identical_ids is None:
+        ignore_identical_ids = ignoring_identical_ids()
     unknown = [m for m in metrics if m not in _MEASURES]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; known: {sorted(_MEASURES)}")
@@ -73,7 +100,7 @@ def evaluate(
     run: Run,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
     *,
-    ignore_identical_ids: bool = True,
+    ignore_identical_ids: bool | None = None,
 ) -> dict[str, float]:
     """Mean of each metric over the judged queries."""
     per_query = evaluate_per_query(qrels, run, metrics, ignore_identical_ids=ignore_identical_ids)

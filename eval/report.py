@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from trident_search.errors import TridentError
 from trident_search.eval.results import EvalResult, Run
@@ -18,6 +18,7 @@ from trident_search.eval.results import EvalResult, Run
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("ndcg@10", "recall@100", "map@100", "mrr@10")
+WINS_LOSSES_PNG = "wins_losses.png"
 
 
 class RunFileError(TridentError, ValueError):
@@ -77,8 +78,92 @@ def write_report(result: EvalResult, out: Path, *, gzip_runs: bool = False) -> l
     png_path = out / "ndcg10.png"
     plot_ndcg(result, png_path)
     written += [json_path, md_path, png_path]
+    if result.baseline:
+        from trident_search.eval.significance import plot_wins_losses
+
+        chart = out / WINS_LOSSES_PNG
+        plot_wins_losses(comparisons(result), chart,
+                         title=f"BEIR {result.dataset} {result.split}: per-query nDCG@10 against "
+                         f"{result.baseline} (queries sorted by difference)")
+        written.append(chart)
     log.info("report written to %s", out)
     return written
+
+
+def comparisons(result: EvalResult) -> list[Any]:
+    """Each mode's comparison with the baseline, with its per-query differences (for the chart)."""
+    from trident_search.eval.significance import PairedComparison
+
+    base = next((m for m in result.modes if m.mode == result.baseline), None)
+    out = []
+    for m in result.modes:
+        sig = m.vs_baseline
+        if not sig or base is None:
+            continue
+        mine, theirs = m.per_query.get(sig["metric"], {}), base.per_query.get(sig["metric"], {})
+        out.append(PairedComparison(
+            mode=m.mode, baseline=sig["baseline"], metric=sig["metric"], mean=sig["mean"],
+            baseline_mean=sig["baseline_mean"], t_test_p=sig["t_test_p"],
+            randomization_p=sig["randomization_p"], wins=sig["wins"], ties=sig["ties"],
+            losses=sig["losses"], n_permutations=sig["n_permutations"],
+            deltas={q: mine[q] - theirs[q] for q in mine if q in theirs}))
+    return out
+
+
+def _significance_lines(result: EvalResult) -> list[str]:
+    from trident_search.eval.significance import format_p
+
+    if not result.baseline:
+        return []
+    rows = [m for m in result.modes if m.vs_baseline]
+    sig = rows[0].vs_baseline if rows else None
+    lines = [
+        f"## Significance against {result.baseline}",
+        "",
+        f"Paired per-query {sig['metric'] if sig else 'ndcg@10'} differences against `{result.baseline}`"
+        " (the best single retriever unless `--baseline` named it): a two-sided paired t-test and "
+        f"Fisher's randomisation test ({sig['n_permutations'] if sig else 0} permutations), both from "
+        "ranx. `p_value` in report.json is the randomisation test's. Wins, ties and losses count "
+        f"queries; chart: `{WINS_LOSSES_PNG}`.",
+        "",
+        "| mode | nDCG@10 | Δ vs baseline | t-test p | randomisation p | wins | ties | losses |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in rows:
+        s = m.vs_baseline or {}
+        mark = " *" if s["p_value"] < 0.05 else ""
+        lines.append(f"| {m.mode} | {s['mean']:.4f} | {s['delta']:+.4f}{mark} | {s['t_test_p']:.3g} | "
+                     f"{format_p(s['randomization_p'], s['n_permutations'])} | {s['wins']} | {s['ties']} | "
+                     f"{s['losses']} |")
+    return [*lines, "", "\\* p < 0.05 (randomisation test).", ""]
+
+
+def _tuning_lines(t: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Tuning",
+        "",
+        f"Grid search on the **{t['split']}** split ({t['queries']} queries, objective "
+        f"{t['metric']}, {t['trials']} settings); the test split was never used for tuning.",
+        "",
+    ]
+    for method, score in t["best_score"].items():
+        settings = json.dumps(t["best"][method], sort_keys=True)
+        lines.append(f"- best {method} on {t['split']}: {score:.4f} with `{settings}`")
+    if "adopted" in t:
+        cv = t.get("cv") or {}
+        verdict = "**adopted** as the served default" if t["adopted"] else "**not adopted**: the served " \
+            "default stays"
+        lines += ["", f"Decision: {verdict}. {t['reason']}."]
+        if cv:
+            lines.append(f"Cross-validation: {cv['folds']} folds over {cv['queries']} {t['split']} queries, "
+                         f"out-of-fold tuned {cv['mean']:.4f} vs served default `{cv['default']}` "
+                         f"{cv['baseline_mean']:.4f} (t-test p {cv['t_test_p']:.3g}, randomisation p "
+                         f"{cv['randomization_p']:.3g}; {cv['wins']} wins / {cv['ties']} ties / "
+                         f"{cv['losses']} losses).")
+        if t.get("manifest"):
+            lines.append(f"Manifest: {t['manifest']}.")
+    lines.append("")
+    return lines
 
 
 def _build_line(stages: dict[str, float]) -> list[str]:
@@ -110,12 +195,15 @@ def markdown(result: EvalResult) -> str:
     for i, ref in enumerate(result.references, start=1):
         cells = [_fmt(ref["metrics"].get(c)) for c in METRIC_COLUMNS]
         lines.append(f"| {ref['system']} [{i}] | " + " | ".join(cells) + " |  |  |")
+    identical = ("BEIR's ignore_identical_ids" if result.info.get("ignore_identical_ids", True)
+                 else "hits whose id equals the query id kept (--keep-identical-ids)")
     lines += [
         "",
-        "Metrics by pytrec_eval (trec_eval semantics, BEIR's ignore_identical_ids). Latency is per "
+        f"Metrics by pytrec_eval (trec_eval semantics, {identical}). Latency is per "
         "query: one `Engine.search` call in process with k=100, query encoding, retrieval, fusion "
         "and docstore fetch included.",
         "",
+        *_significance_lines(result),
     ]
     fused = [m for m in result.modes if m.settings]
     if fused:
@@ -124,24 +212,15 @@ def markdown(result: EvalResult) -> str:
             "",
             "As the engine reported applying them. Untuned modes send equal weights, RRF k=60 and "
             "min-max explicitly; tuned modes send only the method, and the engine takes weights, k "
-            "and normalisation from the index manifest.",
+            "and normalisation from the tuned entry (`source: manifest`); `hybrid` sends a plain "
+            "hybrid request and gets whatever the server's default is.",
             "",
         ]
         for m in fused:
             lines.append(f"- `{m.mode}`: `{json.dumps(m.settings, sort_keys=True)}`")
         lines.append("")
     if result.tuning:
-        t = result.tuning
-        lines += [
-            "## Tuning",
-            "",
-            f"Grid search on the **{t['split']}** split ({t['queries']} queries, objective "
-            f"{t['metric']}, {t['trials']} settings); the test split was never used for tuning.",
-            "",
-        ]
-        for method, score in t["best_score"].items():
-            lines.append(f"- best {method} on {t['split']}: {score:.4f} with `{json.dumps(t['best'][method], sort_keys=True)}`")
-        lines.append("")
+        lines += _tuning_lines(result.tuning)
     if result.references:
         lines += ["## Sources of the published rows", ""]
         for i, ref in enumerate(result.references, start=1):

@@ -24,6 +24,8 @@ class ModeResult:
     latency_ms: dict[str, float]
     run: Run = field(repr=False)
     settings: dict[str, Any] = field(default_factory=dict)
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)  # metric -> qid -> value
+    vs_baseline: dict[str, Any] | None = None  # significance.PairedComparison.to_json(); None: the baseline
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -31,6 +33,9 @@ class ModeResult:
             "metrics": self.metrics,
             "latency_ms": self.latency_ms,
             "settings": self.settings,
+            "p_value": self.vs_baseline["p_value"] if self.vs_baseline else None,
+            "vs_baseline": self.vs_baseline,
+            "per_query": self.per_query,
         }
 
 
@@ -47,6 +52,7 @@ class EvalResult:
     tuning: dict[str, Any] | None = None
     references: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # command, machine, date, timings
+    baseline: str | None = None  # the mode every other mode is tested against
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -10,14 +10,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trident_search.core.schemas import SearchRequestBase, search_request_model
 from trident_search.errors import TridentError
-from trident_search.eval.metrics import evaluate
+from trident_search.eval.metrics import DEFAULT_METRICS, evaluate_per_query
 from trident_search.eval.results import ModeResult, Run, latency_summary
-from trident_search.eval.tuning import RetrieverRuns, TuningResult, manifest_fusion, tune, write_manifest_fusion
+from trident_search.eval.safe_tuning import DEFAULT_FOLDS, TuningDecision, decide
+from trident_search.eval.tuning import RetrieverRuns
 from trident_search.indexers.hits import Hit
 from trident_search.indexers.retriever import registered
 
@@ -40,7 +40,8 @@ class Mode:
     name: str
     needs: tuple[str, ...]
     request: Callable[[str, int, Sequence[str]], SearchRequestBase]
-    tuned: bool = False
+    tuned: bool = False  # needs tuned settings (from the manifest, or from this run's --tune-on)
+    served: bool = False  # what the server answers a plain request with: runs after any tuning decision
 
 
 def _request(body: dict[str, Any]) -> SearchRequestBase:
@@ -73,9 +74,15 @@ def _hybrid(method: str, *, untuned: bool,
     return build
 
 
+def _served(query: str, k: int, _: Sequence[str]) -> SearchRequestBase:
+    """A plain ``{"mode": "hybrid"}`` request: every default (manifest included) is the server's."""
+    return _request({"query": query, "mode": "hybrid", "k": k})
+
+
 def modes() -> dict[str, Mode]:
     """Every eval mode: one per registered retriever (plus ``<name>-exact`` where the retriever has an
-    exact knob), and the hybrid fusions, untuned and tuned."""
+    exact knob), the hybrid fusions, untuned and tuned, and ``hybrid``: exactly what a plain hybrid
+    request gets from the server (after ``--tune-on``: the default that tuning decided on)."""
     specs = registered()
     everyone = tuple(specs)
     out: list[Mode] = []
@@ -89,6 +96,7 @@ def modes() -> dict[str, Mode]:
         Mode("dbsf", everyone, _hybrid("interpolation", untuned=True, normalization="dbsf")),
         Mode("rrf-tuned", everyone, _hybrid("rrf", untuned=False), tuned=True),
         Mode("interpolation-tuned", everyone, _hybrid("interpolation", untuned=False), tuned=True),
+        Mode("hybrid", everyone, _served, served=True),
     ]
     return {m.name: m for m in out}
 
@@ -106,13 +114,14 @@ def parse_modes(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_modes(modes: Sequence[str], available: Sequence[str]) -> None:
+def check_modes(wanted: Sequence[str], available: Sequence[str]) -> None:
     """Fail before any work when the index lacks a retriever a mode needs.
 
     Hybrid modes fuse the retrievers the index has, so they need at least two of them.
     """
-    for name in modes:
-        mode = modes()[name]
+    known = modes()
+    for name in wanted:
+        mode = known[name]
         if len(mode.needs) == 1 and mode.needs[0] not in available:
             raise EvalError(f"mode {name} needs the {mode.needs[0]} retriever; this index has "
                             f"{', '.join(available)}")
@@ -124,8 +133,9 @@ def run_mode(
     engine: Engine, mode: str, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
     *, k: int = 100,
 ) -> ModeResult:
-    """Search every query one at a time, time each call, and score the run."""
-    build = modes()[mode].request
+    """Search every query one at a time, time each call, and score the run (means and per query)."""
+    spec = modes()[mode]
+    build = spec.request
     run: Run = {}
     seconds: list[float] = []
     settings: dict[str, Any] = {}
@@ -137,11 +147,15 @@ def run_mode(
         run[qid] = {h.id: h.score for h in response.hits}
         if response.fusion is not None and not settings:
             settings = response.fusion.model_dump()
-    metrics = evaluate(qrels, run)
+    if spec.tuned and settings.get("source") == "request":
+        # the request names only the method; weights, k and normalisation are the manifest's
+        settings = {**settings, "source": "manifest", "method_source": "request"}
+    per_query = evaluate_per_query(qrels, run, DEFAULT_METRICS)
+    metrics = {m: (sum(v.values()) / len(v) if v else 0.0) for m, v in per_query.items()}
     lat = latency_summary(seconds)
     log.info("%-20s ndcg@10 %.4f  recall@100 %.4f  p50 %.1f ms", mode, metrics["ndcg@10"],
              metrics["recall@100"], lat["p50"])
-    return ModeResult(mode, metrics, lat, run, settings)
+    return ModeResult(mode, metrics, lat, run, settings, per_query=per_query)
 
 
 def retrieve_lists(
@@ -158,17 +172,20 @@ def retrieve_lists(
 
 def tune_fusion(
     engine: Engine, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
-    *, split: str, index_dir: Path, depth: int = 100,
-) -> TuningResult:
-    """Grid-search fusion on a tuning split and write the winners into the index manifest."""
+    *, split: str, depth: int = 100, folds: int = DEFAULT_FOLDS,
+) -> TuningDecision:
+    """Grid-search fusion on a tuning split; the winner replaces the engine's served default only if
+    cross-validation on that split says it helps (:mod:`trident_search.eval.safe_tuning`). Nothing is
+    written: ``safe_tuning.write_decision`` does that."""
     start = time.perf_counter()
     lists = retrieve_lists(engine, queries, depth)
     log.info("tuning: retrieved %d queries x %d retrievers in %.0f s", len(queries),
              len(lists), time.perf_counter() - start)
-    result = tune(lists, qrels, split=split)
-    write_manifest_fusion(index_dir, manifest_fusion(result))
-    log.info("tuning: best %s written to %s/manifest.json", result.best_score, index_dir)
-    return result
+    current = engine.tuned.model_dump(exclude_none=True) if engine.tuned else None
+    decision = decide(lists, qrels, split=split, current=current, folds=folds)
+    log.info("tuning: best %s; %s", decision.result.best_score,
+             "adopted" if decision.adopted else "default kept")
+    return decision
 
 
 def build_stages(manifest: Any) -> dict[str, float]:

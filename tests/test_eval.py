@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from trident_search.core.fusion import fuse
 from trident_search.eval import download
 from trident_search.eval.beir import BeirDataset, DatasetError
-from trident_search.eval.metrics import evaluate, evaluate_per_query
+from trident_search.eval.metrics import evaluate, evaluate_per_query, identical_ids
 from trident_search.eval.report import RunFileError, read_trec_run, write_report, write_trec_run
 from trident_search.eval.results import EvalResult, ModeResult, latency_summary, load_references
+from trident_search.eval.safe_tuning import decide, per_query, restore_previous, served_settings, write_decision
+from trident_search.eval.significance import against_baseline, default_baseline, paired
 from trident_search.eval.tuning import (
     FusionSettings,
     TuningError,
@@ -27,7 +30,6 @@ from trident_search.eval.tuning import (
 )
 from trident_search.indexers.hits import Hit
 from trident_search.indexers.manifest import Manifest
-from trident_search.core.fusion import fuse
 
 
 def log2(x: float) -> float:
@@ -231,16 +233,23 @@ def test_trec_run_round_trips(tmp_path: Path) -> None:
         write_trec_run(run, path, tag="two words")
 
 
-def _result() -> EvalResult:
+def _result(*, baseline: str | None = None) -> EvalResult:
     run = {"q1": {"d1": 1.0}}
+    bm25_pq = {f"q{i}": 0.5 + 0.01 * (i % 7) for i in range(40)}
+    rrf_pq = {q: v + (0.1 if i % 4 else -0.05) for i, (q, v) in enumerate(bm25_pq.items())}
     modes = [
         ModeResult("bm25", {"ndcg@10": 0.68, "recall@100": 0.92, "map@100": 0.63, "mrr@10": 0.64},
-                   latency_summary([0.002, 0.003, 0.004]), run),
+                   latency_summary([0.002, 0.003, 0.004]), run, per_query={"ndcg@10": bm25_pq}),
         ModeResult("rrf", {"ndcg@10": 0.71, "recall@100": 0.95, "map@100": 0.66, "mrr@10": 0.67},
-                   latency_summary([0.02]), run, {"method": "rrf", "rrf_k": 60}),
+                   latency_summary([0.02]), run, {"method": "rrf", "rrf_k": 60}, per_query={"ndcg@10": rrf_pq}),
     ]
+    if baseline:
+        for m in modes:
+            comparison = against_baseline({m.mode: m.per_query["ndcg@10"] for m in modes}, baseline).get(m.mode)
+            m.vs_baseline = comparison.to_json() if comparison else None
     return EvalResult("scifact", "test", "indexes/x", 1, modes, build_stages={"bm25": 12.0},
-                      references=load_references("scifact", "test"), info={"command": "test"})
+                      references=load_references("scifact", "test"), info={"command": "test"},
+                      baseline=baseline)
 
 
 def test_report_is_written_with_references_and_a_valid_png(tmp_path: Path) -> None:
@@ -265,6 +274,207 @@ def test_every_reference_row_has_a_source() -> None:
     rows = load_references("scifact", "test")
     assert {r["metrics"]["ndcg@10"] for r in rows} >= {0.6789, 0.6647, 0.6451}
     assert all(r["source"].strip() for r in rows)
+
+
+# --- significance -------------------------------------------------------------------------------
+
+
+def test_ranx_is_a_dependency_of_eval() -> None:
+    """The statistics come from ranx: a main dependency, so its absence fails here instead of skipping."""
+    import tomllib
+
+    import ranx.statistical_tests  # noqa: F401 - an ImportError is a failure, never a skip
+
+    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert any(d.replace(" ", "").startswith("ranx") for d in deps["dependencies"])
+    assert not any(d.startswith("ranx") for d in deps["optional-dependencies"]["dev"])
+
+
+def test_paired_test_counts_and_agrees_with_scipy() -> None:
+    from scipy.stats import ttest_rel
+
+    base = {f"q{i}": (i % 10) / 10 for i in range(50)}
+    better = {q: min(1.0, v + (0.2 if i % 5 else -0.1)) for i, (q, v) in enumerate(base.items())}
+    c = paired(better, base, mode="new", baseline="old")
+    deltas = [better[q] - base[q] for q in sorted(base)]
+    assert (c.wins, c.ties, c.losses) == (sum(d > 0 for d in deltas), sum(d == 0 for d in deltas),
+                                          sum(d < 0 for d in deltas))
+    assert c.queries == 50 and c.delta == pytest.approx(sum(deltas) / 50)
+    assert c.t_test_p == pytest.approx(ttest_rel([base[q] for q in sorted(base)],
+                                                 [better[q] for q in sorted(base)]).pvalue)
+    assert c.p_value == c.randomization_p < 0.01 and c.significant()
+    same = paired(base, dict(base), mode="a", baseline="b")
+    assert (same.t_test_p, same.randomization_p, same.ties) == (1.0, 1.0, 50)
+    noise = {q: v + (0.01 if i % 2 else -0.01) for i, (q, v) in enumerate(base.items())}
+    assert paired(noise, base, mode="n", baseline="b").p_value > 0.5
+    with pytest.raises(ValueError, match="no judged query in common"):
+        paired({"x": 1.0}, base, mode="n", baseline="b")
+
+
+def test_default_baseline_is_the_best_single_retriever() -> None:
+    means = {"bm25": 0.66, "dense": 0.64, "sparse": 0.67, "rrf": 0.72, "hybrid": 0.73}
+    assert default_baseline(means, ["bm25", "dense", "sparse", "sparse-exact"]) == "sparse"
+    assert default_baseline({"rrf": 0.7}, ["bm25"]) is None
+    with pytest.raises(ValueError, match="baseline 'dense' was not run"):
+        against_baseline({"bm25": {"q": 1.0}}, "dense")
+
+
+def test_report_carries_p_values_and_a_win_loss_chart(tmp_path: Path) -> None:
+    paths = write_report(_result(baseline="bm25"), tmp_path)
+    assert "wins_losses.png" in {p.name for p in paths}
+    data = json.loads((tmp_path / "report.json").read_text())
+    modes = {m["mode"]: m for m in data["modes"]}
+    assert data["baseline"] == "bm25" and modes["bm25"]["p_value"] is None
+    rrf = modes["rrf"]
+    assert 0.0 <= rrf["p_value"] < 0.05 and rrf["p_value"] == rrf["vs_baseline"]["randomization_p"]
+    assert (rrf["vs_baseline"]["wins"], rrf["vs_baseline"]["losses"]) == (30, 10)
+    assert rrf["vs_baseline"]["t_test_p"] < 0.05 and len(rrf["per_query"]["ndcg@10"]) == 40
+    md = (tmp_path / "report.md").read_text()
+    assert "## Significance against bm25" in md and "| rrf |" in md and "| 30 | 0 | 10 |" in md
+    with Image.open(tmp_path / "wins_losses.png") as img:
+        assert img.format == "PNG" and img.size[0] >= 600
+
+
+def test_compare_command_on_run_files_and_report_folders(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from trident_search.eval.cli import eval_app
+
+    qrels = {f"q{i}": {f"rel{i}": 1} for i in range(30)}
+    weak = {q: {f"x{q}": 3.0, f"rel{q[1:]}": 2.0} for q in qrels}  # relevant second everywhere
+    strong = {q: ({f"rel{q[1:]}": 3.0, f"x{q}": 2.0} if int(q[1:]) % 3 else weak[q]) for q in qrels}
+    write_trec_run(weak, tmp_path / "a.trec", "a")
+    write_trec_run(strong, tmp_path / "b.trec", "b")
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t1\n" for q, docs in qrels.items() for d in docs))
+    runner = CliRunner()
+    out = tmp_path / "cmp"
+    result = runner.invoke(eval_app, ["compare", str(tmp_path / "a.trec"), str(tmp_path / "b.trec"),
+                                      "--qrels", str(tmp_path / "qrels.tsv"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())["comparisons"][0]
+    assert (data["wins"], data["ties"], data["losses"]) == (20, 10, 0)
+    assert data["delta"] == pytest.approx(20 / 30 * (1 - 1 / log2(3))) and data["p_value"] < 0.01
+    assert (out / "wins_losses.png").stat().st_size > 1000
+    # TREC qrels give the same answer
+    (tmp_path / "qrels.trec").write_text("".join(f"{q} 0 {d} 1\n" for q, docs in qrels.items() for d in docs))
+    again = runner.invoke(eval_app, ["compare", str(tmp_path / "a.trec"), str(tmp_path / "b.trec"),
+                                     "--qrels", str(tmp_path / "qrels.trec")])
+    assert again.exit_code == 0 and "20/10/0" in again.output, again.output
+    # two report folders: their stored per-query scores
+    write_report(_result(baseline="bm25"), tmp_path / "r1")
+    write_report(_result(), tmp_path / "r2")
+    folders = runner.invoke(eval_app, ["compare", str(tmp_path / "r1"), str(tmp_path / "r2"), "--mode", "rrf"])
+    assert folders.exit_code == 0 and "0/40/0" in folders.output, folders.output
+    errors = [
+        (["compare", str(tmp_path / "a.trec"), str(tmp_path / "b.trec")], "pass --qrels"),
+        (["compare", str(tmp_path / "a.trec"), str(tmp_path / "r1")], "two run files or two report folders"),
+        (["compare", str(tmp_path / "r1"), str(tmp_path / "r2"), "--mode", "dense"], "not in both reports"),
+    ]
+    for args, message in errors:
+        bad = runner.invoke(eval_app, args)
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
+
+
+def test_identical_ids_can_be_kept() -> None:
+    qrels, run = {"1": {"1": 1, "7": 1}}, {"1": {"1": 2.0, "7": 1.0}}
+    assert evaluate(qrels, run)["recall@100"] == pytest.approx(0.5)  # BEIR drops doc "1" for query "1"
+    with identical_ids(ignore=False):
+        assert evaluate(qrels, run)["recall@100"] == pytest.approx(1.0)
+        assert evaluate(qrels, run, ignore_identical_ids=True)["recall@100"] == pytest.approx(0.5)
+    assert evaluate(qrels, run)["recall@100"] == pytest.approx(0.5)
+
+
+# --- tuning that cannot hurt --------------------------------------------------------------------
+
+
+def _symmetric_runs(n: int, seed: int, prefix: str) -> tuple[dict, dict]:
+    """Two equally good retrievers over one pool of 40 documents per query, each placing the relevant
+    document at an independent, geometrically distributed rank: equal-weight RRF is the right fusion,
+    and any setting a grid search finds on a dozen queries is chance."""
+    rng = random.Random(seed)
+    runs: dict[str, dict[str, list[Hit]]] = {"a": {}, "b": {}}
+    qrels = {}
+    for q in range(n):
+        qid = f"{prefix}{q}"
+        qrels[qid] = {f"rel{qid}": 1}
+        pool = [f"{qid}_{i}" for i in range(40)]
+        for name, scale in (("a", 1.0), ("b", 7.0)):
+            docs = pool[:]
+            rng.shuffle(docs)
+            docs.insert(min(int(rng.expovariate(1 / 3)), 29), f"rel{qid}")
+            runs[name][qid] = [Hit(d, scale * (30 - i) + rng.random()) for i, d in enumerate(docs[:30])]
+    return runs, qrels
+
+
+def test_tuning_on_few_queries_overfits_and_the_gate_keeps_the_default() -> None:
+    test_runs, test_qrels = _symmetric_runs(600, 99, "t")
+    points = grid(["a", "b"], weight_step=0.25)
+    untuned = FusionSettings("rrf", {"a": 1.0, "b": 1.0}, rrf_k=60.0)
+    on_test = lambda s: sum(per_query(test_runs, test_qrels, s).values()) / len(test_qrels)  # noqa: E731
+    default_score = on_test(untuned)
+    naive_losses = 0
+    for seed in range(6):
+        runs, qrels = _symmetric_runs(12, seed, "q")
+        decision = decide(runs, qrels, split="train", points=points, folds=4)
+        winner = served_settings(decision.result)
+        naive_losses += on_test(winner) < default_score - 1e-9
+        # the grid winner looks better on its 12 queries than the default does ...
+        assert max(decision.result.best_score.values()) >= sum(per_query(runs, qrels, untuned).values()) / 12
+        # ... but the gate does not let it replace the default, and says why
+        assert not decision.adopted, decision.reason
+        assert "cross-validat" in decision.reason and decision.served() is None
+        assert decision.cv["folds"] == 4 and len(decision.cv["fold_winners"]) == 4
+    assert naive_losses >= 3  # naive tuning would have hurt on held-out queries in half the subsets
+
+
+def test_the_gate_adopts_a_real_gain_and_the_manifest_keeps_the_previous_entry(tmp_path: Path) -> None:
+    runs, qrels = _constructed_runs()  # 'noise' hurts every query: dropping it is a real gain
+    points = grid(["good", "noise"], weight_step=0.25)
+    decision = decide(runs, qrels, split="train", points=points)
+    assert decision.adopted and "p = " in decision.reason and decision.cv["wins"] == 30
+    assert decide(runs, dict(list(qrels.items())[:6]), split="train", points=points).adopted is False
+    Manifest("2026-01-01T00:00:00Z", 3, {}, ["bm25"], {}, {}, {}).write(tmp_path)
+    assert write_decision(tmp_path, decision)
+    entry = Manifest.load(tmp_path).extra["fusion"]
+    assert entry["previous"] == {} and entry["decision"]["adopted"] is True
+    assert entry[entry["method"]]["weights"] == {"good": 1.0, "noise": 0.0}
+    # tuning again starts from the served entry; an adopted result keeps it under 'previous'
+    again = decide(runs, qrels, split="train", points=points, current=entry)
+    assert again.current == entry
+    if again.adopted:
+        write_decision(tmp_path, again)
+        assert Manifest.load(tmp_path).extra["fusion"]["previous"]["method"] == entry["method"]
+        assert "previous" not in Manifest.load(tmp_path).extra["fusion"]["previous"]
+        assert restore_previous(tmp_path)["method"] == entry["method"]
+    assert restore_previous(tmp_path) is None  # back to the built-in default
+    assert "fusion" not in Manifest.load(tmp_path).extra
+    with pytest.raises(TuningError, match="no fusion entry"):
+        restore_previous(tmp_path)
+    rejected = decide(runs, dict(list(qrels.items())[:6]), split="train", points=points)
+    assert write_decision(tmp_path, rejected) is False and "fusion" not in Manifest.load(tmp_path).extra
+
+
+def test_the_corpus_check_compares_fingerprints_not_paths(tmp_path: Path, caplog) -> None:
+    from types import SimpleNamespace
+
+    from trident_search.eval.cli import _warn_if_other_corpus
+    from trident_search.indexers.corpus import CorpusReport, iter_corpus
+
+    corpus = tmp_path / "a" / "corpus.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text('{"_id": "d1", "title": "t", "text": "x"}\n{"_id": "d2", "text": "y"}\n')
+    report = CorpusReport()
+    list(iter_corpus(corpus, report=report))
+    manifest = SimpleNamespace(corpus={"path": "/elsewhere/corpus.jsonl", "fingerprint": report.fingerprint})
+    copy = tmp_path / "b" / "corpus.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(corpus.read_bytes())
+    assert _warn_if_other_corpus(manifest, copy) is False  # another path, the same content
+    copy.write_text('{"_id": "d1", "title": "t", "text": "x"}\n')
+    with caplog.at_level("WARNING"):
+        assert _warn_if_other_corpus(manifest, copy) is True
+    assert "not built from this corpus" in caplog.text
 
 
 # --- dataset resolution -------------------------------------------------------------------------
@@ -335,10 +545,11 @@ def tiny_beir(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> tuple
     return ds, index
 
 
-def test_eval_command_end_to_end(tiny_beir: tuple[Path, Path], tmp_path: Path) -> None:
+def test_eval_command_end_to_end(tiny_beir: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
     from trident_search.eval.cli import eval_app
+
     from service_fixture import retrievers
 
     ds, index = tiny_beir
@@ -350,7 +561,7 @@ def test_eval_command_end_to_end(tiny_beir: tuple[Path, Path], tmp_path: Path) -
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     got = {m["mode"]: m for m in report["modes"]}
-    assert set(got) == set(modes.split(",")) | {"rrf-tuned", "interpolation-tuned"}
+    assert set(got) == set(modes.split(",")) | {"rrf-tuned", "interpolation-tuned", "hybrid"}
     test_qrels = BeirDataset.open(ds).qrels("test")
     assert report["queries"] == len(test_qrels)
     for name, mode in got.items():
@@ -359,12 +570,56 @@ def test_eval_command_end_to_end(tiny_beir: tuple[Path, Path], tmp_path: Path) -
         run = read_trec_run(out / "runs" / f"{name}.trec")
         assert set(run) <= set(test_qrels) and all(len(h) <= 100 for h in run.values())
         assert evaluate(test_qrels, run)["ndcg@10"] == pytest.approx(mode["metrics"]["ndcg@10"], abs=1e-4)
-    # the tuned settings were written to the manifest and the tuned modes ran with them
-    fusion = Manifest.load(index).extra["fusion"]
-    assert fusion["tuned_on"]["split"] == "train"
-    assert got["rrf-tuned"]["settings"]["weights"] == fusion["rrf"]["weights"]
+    # 7 judged train queries cannot show a gain: the default is kept, nothing is written, and
+    # hybrid (a plain request) is exactly untuned RRF; the tuned modes ran with the tuning winners
+    tuning = report["tuning"]
+    assert tuning["adopted"] is False and "only 7 judged tuning queries" in tuning["reason"]
+    assert "fusion" not in Manifest.load(index).extra
+    assert got["hybrid"]["settings"]["source"] == "default"
+    assert read_trec_run(out / "runs" / "hybrid.trec") == read_trec_run(out / "runs" / "rrf.trec")
+    assert got["rrf-tuned"]["settings"]["weights"] == tuning["candidate"]["rrf"]["weights"]
+    assert got["rrf-tuned"]["settings"]["source"] == "manifest"
     assert got["rrf"]["settings"]["rrf_k"] == 60.0
-    assert (out / "ndcg10.png").stat().st_size > 1000 and "Trident rrf-tuned" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert (out / "ndcg10.png").stat().st_size > 1000 and "Trident rrf-tuned" in md
+    # every mode is tested against the best single retriever
+    singles = [m for m in got if m in ("bm25", "dense", "sparse", "sparse-exact")]
+    assert report["baseline"] == max(singles, key=lambda m: got[m]["metrics"]["ndcg@10"])
+    for name, mode in got.items():
+        assert (mode["p_value"] is None) == (name == report["baseline"]), name
+        if mode["p_value"] is not None:
+            sig = mode["vs_baseline"]
+            assert 0.0 <= mode["p_value"] <= 1.0 and sig["wins"] + sig["ties"] + sig["losses"] == len(test_qrels)
+    assert "## Significance against" in md and "not adopted" in md
+    assert (out / "wins_losses.png").stat().st_size > 1000
+
+    # an adopted decision (forced here: 7 queries never pass) is written only with --write-manifest,
+    # keeps the entry it replaced, and hybrid then serves it from the manifest
+    import dataclasses
+
+    from trident_search.eval import run as run_module
+
+    real = run_module.decide
+    monkeypatch.setattr(run_module, "decide", lambda *a, **kw: dataclasses.replace(
+        real(*a, **kw), adopted=True, reason="forced by the test"))
+    out2 = tmp_path / "report2"
+    args = ["beir", "--dataset", str(ds), "--index", str(index), "--modes", "bm25,hybrid", "--tune-on", "train",
+            "--baseline", "bm25", "--keep-identical-ids", "--out", str(out2)]
+    assert CliRunner().invoke(eval_app, args).exit_code == 0
+    assert "fusion" not in Manifest.load(index).extra  # adopted, but no --write-manifest
+    result = CliRunner().invoke(eval_app, [*args, "--write-manifest"])
+    assert result.exit_code == 0, result.output
+    fusion = Manifest.load(index).extra["fusion"]
+    assert fusion["previous"] == {} and fusion["decision"]["reason"] == "forced by the test"
+    report2 = json.loads((out2 / "report.json").read_text())
+    hybrid = {m["mode"]: m for m in report2["modes"]}["hybrid"]
+    assert hybrid["settings"]["source"] == "manifest" and hybrid["settings"]["method"] == fusion["method"]
+    assert hybrid["settings"]["weights"] == fusion[fusion["method"]]["weights"]
+    assert report2["info"]["ignore_identical_ids"] is False and report2["baseline"] == "bm25"
+    assert report2["tuning"]["manifest"].startswith("written")
+    restored = CliRunner().invoke(eval_app, ["restore-fusion", "--index", str(index)])
+    assert restored.exit_code == 0 and "built-in default" in restored.output, restored.output
+    assert "fusion" not in Manifest.load(index).extra
 
 
 def test_eval_command_errors_are_clear(tiny_beir: tuple[Path, Path], tmp_path: Path) -> None:
@@ -380,6 +635,8 @@ def test_eval_command_errors_are_clear(tiny_beir: tuple[Path, Path], tmp_path: P
         ([], "pass --index DIR"),
         (["--index", str(tmp_path / "none")], "does not exist"),
         (["--index", str(index), "--split", "dev"], "no qrels for split 'dev'"),
+        (["--index", str(index), "--write-manifest"], "--write-manifest stores what --tune-on decides"),
+        (["--index", str(index), "--modes", "bm25,rrf", "--baseline", "dense"], "--baseline dense is not"),
     ]
     for extra, message in cases:
         result = runner.invoke(eval_app, ["beir", "--dataset", str(ds), *extra])
