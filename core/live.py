@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import shutil
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +48,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MERGE_DELTA_MIN = 10_000
+MERGE_DELTA_FRACTION = 0.1
+"""A merge starts when a delta holds more than max(MERGE_DELTA_MIN, MERGE_DELTA_FRACTION x documents) rows..."""
+MERGE_DELETED_FRACTION = 0.2
+"""...or more than this fraction of internal ids is deleted."""
 COMMIT_EVERY = 1000
 """Log entries after which the parts that keep writes in their own files (BM25) commit, bounding replay."""
 
@@ -101,6 +109,9 @@ class LiveWriter:
         self._encoders: dict[str, DocumentEncoder | None] | None = None
         self._committed = max((p.absorbed() for p in index.parts.values()), default=0)
         self.last_merge: float | None = None
+        self.merges = 0
+        self._merging: threading.Thread | None = None
+        self._merge_lock = threading.Lock()
 
     # -- opening ----------------------------------------------------------------------------------
     def replay(self) -> int:
@@ -108,6 +119,10 @@ class LiveWriter:
         ran = 0
         with self._lock:
             for name, part in self.index.parts.items():
+                generation = self.log.get_state(f"generation:{name}")
+                if generation:
+                    folder, _, gen_seq = generation.rpartition(":")
+                    part.open_generation(self.index.path / folder, int(gen_seq))
                 entries = self.log.since(part.absorbed())
                 if entries:
                     log.info("%s: replaying %d logged writes", name, len(entries))
@@ -155,6 +170,7 @@ class LiveWriter:
             self.index.publish(self.log.deleted())
             if entries and entries[-1].seq - self._committed >= COMMIT_EVERY:
                 self._commit(entries[-1].seq)
+        self.maybe_merge()
         created = sum(1 for e in entries if e.op == "upsert" and e.old_id is None)
         return WriteResult(entries[0].seq if entries else 0, entries[-1].seq if entries else 0,
                            len(upserts), len(deletes), created)
@@ -190,30 +206,65 @@ class LiveWriter:
         self._committed = seq
 
     def merge(self) -> dict[str, Any]:
-        """Expunge deletes where a part keeps its own files (BM25) and commit. (Sparse and dense
-        block/graph rebuilds into a new generation: not yet, see ``docs/live.md``.)"""
+        """Fold the log into every part: BM25 expunges deletions (exact statistics) and commits in
+        place; sparse rebuilds its block summaries over every row, dense saves its vectors, each
+        into a new generation folder ``<index>/<name>.gen-<seq>`` published atomically (rename,
+        then the pointer in the log's state table, one SQLite commit). Searches keep running on
+        the previous state until the swap; writes wait. A merge that fails leaves the previous
+        generation serving (its half-written folder is removed) and the next one retries."""
         start = time.perf_counter()
         with self._lock:
             seq = self.log.last_seq()
-            ext, _, _ = self.index.view
-            order = np.argsort(ext.astype(str))
-            keys = ext.astype(str)[order]
-
-            def resolve(ids: Sequence[str]) -> np.ndarray:
-                wanted = np.asarray(ids, dtype=str)
-                pos = np.clip(np.searchsorted(keys, wanted), 0, max(len(keys) - 1, 0))
-                found = keys[pos] == wanted if len(keys) else np.zeros(len(wanted), bool)
-                return np.where(found, order[pos], -1)
-
-            for part in self.index.parts.values():
-                merge = getattr(part, "merge", None)
-                if merge is not None:
-                    merge(seq, resolve)
-                else:
-                    part.commit(seq)
+            ext, live, _ = self.index.view
+            resolve = _resolver(ext, live)
+            done: dict[str, str] = {}
+            for name, part in self.index.parts.items():
+                final = self.index.path / f"{name}.gen-{seq}"
+                tmp = final.with_name(final.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                try:
+                    written = part.merge(seq, live=live, resolve=resolve, folder=tmp, manifest=self.index.manifest)
+                    if written is None:
+                        done[name] = "in place"
+                        continue
+                    _fsync_tree(tmp)
+                    shutil.rmtree(final, ignore_errors=True)
+                    os.replace(tmp, final)
+                    _fsync_dir(final.parent)
+                    previous = self.log.get_state(f"generation:{name}")
+                    self.log.set_state(f"generation:{name}", f"{final.name}:{seq}")  # the publish point
+                    part.open_generation(final, seq)
+                    if previous and previous.split(":")[0] != final.name:
+                        shutil.rmtree(self.index.path / previous.split(":")[0], ignore_errors=True)
+                    done[name] = final.name
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
             self._committed = seq
             self.last_merge = time.time()
-        return {"seq": seq, "seconds": round(time.perf_counter() - start, 3)}
+            self.merges += 1
+        return {"seq": seq, "seconds": round(time.perf_counter() - start, 3), "parts": done}
+
+    def maybe_merge(self) -> None:
+        """Start a background merge when the delta or the deleted fraction passed its threshold."""
+        st = self.stats()
+        n = max(st["internal_ids"], 1)
+        delta = max(st["delta"].values(), default=0)
+        if not (delta > max(MERGE_DELTA_MIN, MERGE_DELTA_FRACTION * n)
+                or st["deleted_documents"] > MERGE_DELETED_FRACTION * n):
+            return
+        with self._merge_lock:
+            if self._merging is not None and self._merging.is_alive():
+                return
+
+            def run() -> None:
+                try:
+                    self.merge()
+                except Exception:  # the previous generation keeps serving; the next write retries
+                    log.exception("background merge failed; retried after the next write")
+
+            self._merging = threading.Thread(target=run, name="trident-merge", daemon=True)
+            self._merging.start()
 
     def stats(self) -> dict[str, Any]:
         ext, live, n = self.index.view
@@ -221,7 +272,9 @@ class LiveWriter:
         delta = {name: p.delta_size() for name, p in self.index.parts.items() if hasattr(p, "delta_size")}
         return {"seq": self.log.last_seq(), "committed_seq": self._committed, "internal_ids": n,
                 "live_documents": n - deleted, "deleted_documents": deleted, "delta": delta,
-                "last_merge": self.last_merge}
+                "last_merge": self.last_merge, "merges": self.merges,
+                "generations": {n: (self.log.get_state(f"generation:{n}") or "build").split(":")[0]
+                                for n in self.index.parts}}
 
     def close(self) -> None:
         """Commit what the parts hold in their own files (replay then starts after it), close the log."""
@@ -233,6 +286,42 @@ class LiveWriter:
                 except Exception:  # the log still has every write: the next open replays them
                     log.exception("could not commit live writes at close; they will be replayed")
             self.log.close()
+
+
+def _resolver(ext: np.ndarray, live: np.ndarray | None) -> Any:
+    """External ids -> current internal ids (-1 when absent), by binary search over live ids."""
+    ids = np.arange(ext.size) if live is None else np.flatnonzero(live)
+    keys = ext[ids].astype(str)
+    order = np.argsort(keys)
+    keys, ids = keys[order], ids[order]
+
+    def resolve(wanted: Sequence[str]) -> np.ndarray:
+        w = np.asarray(list(wanted), dtype=str)
+        if not keys.size:
+            return np.full(w.size, -1, dtype=np.int64)
+        pos = np.clip(np.searchsorted(keys, w), 0, keys.size - 1)
+        return np.where(keys[pos] == w, ids[pos], -1).astype(np.int64)
+
+    return resolve
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _payload(encodings: dict[str, Any]) -> bytes:

@@ -21,7 +21,7 @@ import numpy as np
 
 from trident_search.errors import IndexLoadError, TridentError
 from trident_search.indexers import filters as filters_mod
-from trident_search.indexers.docstore import DocStore, StoredDoc, has_live_log
+from trident_search.indexers.docstore import DocStore, StoredDoc, has_live_log, live_external_ids
 from trident_search.indexers.hits import Hit
 from trident_search.indexers.manifest import Manifest
 from trident_search.indexers.retriever import (
@@ -85,7 +85,7 @@ class LocalIndex:
         self.parts = parts
         self.encoders = encoders
         self.retrievers = list(parts)
-        self.external_ids = docstore.external_ids()
+        self.external_ids = live_external_ids(docstore)
         # Live writes (core/live.py): what searches see, swapped as one tuple when a write is
         # published: the external id of every internal id, the live mask (None: nothing deleted)
         # and the number of internal ids.
@@ -112,7 +112,7 @@ class LocalIndex:
             raise IndexLoadError(f"index {path} has no {', '.join(missing)} retriever (it has "
                                  f"{', '.join(manifest.retrievers)})")
         docstore = DocStore.open(path / "docs.sqlite")
-        external = docstore.external_ids()
+        external = live_external_ids(docstore) if written else docstore.external_ids()
         parts: dict[str, Part] = {}
         encoders: dict[str, QueryEncoder] = {}
         try:
@@ -173,7 +173,7 @@ class LocalIndex:
     def publish(self, deleted: np.ndarray) -> None:
         """Make the written documents searchable: the new id array and live mask, in one swap."""
         self.docstore._external_ids = None
-        ext = self.docstore.external_ids()
+        ext = live_external_ids(self.docstore)
         live = None
         if deleted.size:
             live = np.ones(len(ext), dtype=bool)

@@ -258,7 +258,7 @@ CREATE TABLE IF NOT EXISTS live_log (
     old_id INTEGER,
     payload BLOB
 );
-CREATE TABLE IF NOT EXISTS live_deleted (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS live_deleted (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, ext_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS live_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 DELETED_PREFIX = "\x00deleted:"
@@ -290,6 +290,20 @@ def has_live_log(path: str | Path) -> bool:
         return False
     finally:
         conn.close()
+
+
+def live_external_ids(store: DocStore) -> np.ndarray:
+    """``store.external_ids()`` with each tombstone's original external id restored (a replaced
+    document's old and new internal ids then share it). Parts that map their own stored ids to
+    internal ids (BM25) need these: until the log is replayed they still hold deleted documents."""
+    ext = store.external_ids().copy()
+    try:
+        rows = store._conn().execute("SELECT id, ext_id FROM live_deleted").fetchall()
+    except sqlite3.OperationalError:  # never written
+        return ext
+    for i, e in rows:
+        ext[i] = e
+    return ext
 
 
 class WriteLog:
@@ -337,157 +351,7 @@ class WriteLog:
                         return None
                     old = int(row[0])
                     conn.execute("UPDATE docs SET ext_id = ? WHERE id = ?", (f"{DELETED_PREFIX}{old}", old))
-                    conn.execute("INSERT INTO live_deleted VALUES (?, ?)", (old, seq))
-                    return old
-
-                for doc, payload in upserts:
-                    seq += 1
-                    old = tombstone(doc.id)
-                    meta = json.dumps(doc.metadata, sort_keys=True, ensure_ascii=False)
-                    conn.execute("INSERT INTO docs VALUES (?, ?, ?, ?, ?)",
-                                 (next_id, doc.id, doc.title, doc.text, meta))
-                    conn.execute("INSERT INTO live_log VALUES (?, 'upsert', ?, ?, ?, ?)",
-                                 (seq, doc.id, next_id, old, payload))
-                    entries.append(LogEntry(seq, "upsert", doc.id, next_id, old, payload))
-                    next_id += 1
-                for ext in deletes:
-                    seq += 1
-                    old = tombstone(ext)
-                    if old is None:
-                        raise KeyError(ext)
-                    conn.execute("INSERT INTO live_log VALUES (?, 'delete', ?, NULL, ?, NULL)", (seq, ext, old))
-                    entries.append(LogEntry(seq, "delete", ext, None, old, None))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        # What the store cached (filter masks, the id array) no longer describes it.
-        self.store.filters_changed()
-        self.store._external_ids = None
-        return entries
-
-    def since(self, seq: int) -> list[LogEntry]:
-        """Entries after ``seq``, in order (what a structure that absorbed up to ``seq`` replays)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT seq, op, ext_id, internal_id, old_id, payload FROM live_log WHERE seq > ? ORDER BY seq",
-                (seq,)).fetchall()
-        return [LogEntry(*r) for r in rows]
-
-    def last_seq(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM live_log").fetchone()[0])
-
-    def deleted(self) -> np.ndarray:
-        """Internal ids of deleted or replaced documents (int64, ascending)."""
-        with self._lock:
-            rows = self._conn.execute("SELECT id FROM live_deleted ORDER BY id").fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
-
-    def get_state(self, key: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM live_state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_state(self, key: str, value: str) -> None:
-        """Durably record one value (a structure's absorbed sequence number, the last merge...)."""
-        with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO live_state VALUES (?, ?)", (key, value))
-
-
-# -- live writes: the write-ahead log (``trident_search.core.live``) ------------------------------
-# New tables only; the ``docs`` table keeps one row per internal id ever assigned, so every mask
-# stays indexed by internal id. A deleted (or replaced) document keeps its row, its ``ext_id``
-# renamed to ``DELETED_PREFIX + <internal id>`` (``ext_id`` is UNIQUE) and its id in ``live_deleted``.
-_LIVE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS live_log (
-    seq INTEGER PRIMARY KEY,
-    op TEXT NOT NULL,
-    ext_id TEXT NOT NULL,
-    internal_id INTEGER,
-    old_id INTEGER,
-    payload BLOB
-);
-CREATE TABLE IF NOT EXISTS live_deleted (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS live_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-DELETED_PREFIX = "\x00deleted:"
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """One applied write: ``op`` "upsert" (``internal_id`` new, ``old_id`` the replaced one or None,
-    ``payload`` the retrievers' encodings, pickled) or "delete" (``old_id`` the removed internal id)."""
-
-    seq: int
-    op: str
-    ext_id: str
-    internal_id: int | None
-    old_id: int | None
-    payload: bytes | None
-
-
-def has_live_log(path: str | Path) -> bool:
-    """Whether the docstore at ``path`` has taken live writes (its files then differ from the manifest's)."""
-    p = Path(path)
-    if not p.is_file():
-        return False
-    mode = "ro" if os.access(p.parent, os.W_OK) else "ro&immutable=1"
-    conn = sqlite3.connect(f"file:{p}?mode={mode}", uri=True)
-    try:
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'live_log'").fetchone() is not None
-    except sqlite3.DatabaseError:
-        return False
-    finally:
-        conn.close()
-
-
-class WriteLog:
-    """The write-ahead log of live writes, in the docstore's own database.
-
-    One request's writes are one transaction on a connection with ``synchronous=FULL``: when
-    :meth:`apply` returns, the documents, tombstones and log entries are on disk (fsynced), so an
-    acknowledged write survives ``kill -9``, and an unacknowledged one is all there or all absent.
-    The searchable structures replay the entries they had not absorbed (:meth:`since`) on open.
-    """
-
-    def __init__(self, store: DocStore) -> None:
-        if not os.access(store.path.parent, os.W_OK):
-            raise DocStoreError(f"{store.path.parent} is not writable: this index cannot take writes")
-        self.store = store
-        self._lock = threading.Lock()
-        conn = sqlite3.connect(f"file:{store.path}", uri=True, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(_LIVE_SCHEMA)
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def apply(self, upserts: Sequence[tuple[Document, bytes | None]], deletes: Sequence[str]) -> list[LogEntry]:
-        """Apply one request's writes durably and return their log entries, in order.
-
-        Upserts get fresh internal ids at the end; a replaced or deleted document is tombstoned.
-        All or nothing: any error (a delete of an absent id is a ``KeyError``) rolls it all back.
-        """
-        conn = self._conn
-        with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                next_id = int(conn.execute("SELECT coalesce(max(id) + 1, 0) FROM docs").fetchone()[0])
-                seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM live_log").fetchone()[0])
-                entries: list[LogEntry] = []
-
-                def tombstone(ext: str) -> int | None:
-                    row = conn.execute("SELECT id FROM docs WHERE ext_id = ?", (ext,)).fetchone()
-                    if row is None:
-                        return None
-                    old = int(row[0])
-                    conn.execute("UPDATE docs SET ext_id = ? WHERE id = ?", (f"{DELETED_PREFIX}{old}", old))
-                    conn.execute("INSERT INTO live_deleted VALUES (?, ?)", (old, seq))
+                    conn.execute("INSERT INTO live_deleted VALUES (?, ?, ?)", (old, seq, ext))
                     return old
 
                 for doc, payload in upserts:

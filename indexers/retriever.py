@@ -153,6 +153,20 @@ class Part(ABC):
         open (0: the part keeps writes in memory only and replays the whole log)."""
         return 0
 
+    def merge(self, seq: int, *, live: np.ndarray | None, resolve: Callable[[Sequence[str]], np.ndarray],
+              folder: Path, manifest: Manifest) -> Path | None:
+        """Fold the writes up to ``seq`` into the part's structures. Either write a new generation
+        into the new folder ``folder`` and return it (the caller publishes it atomically and then
+        calls :meth:`open_generation`), or do it in place and return None. ``live`` is the live
+        mask (None: nothing deleted); ``resolve`` maps external ids to current internal ids.
+        The default commits."""
+        self.commit(seq)
+        return None
+
+    def open_generation(self, folder: Path, seq: int) -> None:
+        """Serve the generation :meth:`merge` wrote into ``folder`` (it holds the log up to ``seq``)."""
+        raise WritesUnsupportedError(f"the {type(self).__name__} part has no generations")
+
 
 class WritesUnsupportedError(InvalidRequestError):
     """A write sent to an index with a retriever (or a backend) that cannot take writes."""

@@ -231,3 +231,86 @@ def test_writes_then_merge_equal_a_batch_build(tmp_path: Path) -> None:
     finally:
         live.close()
         batch.close()
+
+
+def test_merge_publishes_generations_and_reopens(live_copy: Path) -> None:
+    """Acceptance 4: a merge folds the delta into new sparse/dense generations and expunges BM25
+    deletions; writes after it stay in the log; a reopen serves the generation plus the rest."""
+    from trident_search.core.engine import Engine
+    from trident_search.core.schemas import search_request_model
+    from trident_search.indexers.corpus import Document
+
+    request = search_request_model()
+
+    def top(engine: Engine, mode: str, query: str) -> list[str]:
+        return [h.id for h in engine.search(request(query=query, mode=mode, k=3, include_text=False)).hits]
+
+    engine = Engine.load(live_copy, warm_up=False)
+    try:
+        writer = engine.backend.writer()
+        writer.write([Document("gen-1", "Quokka", PHRASE, {}), Document("gen-2", "Okapi", "okapi tundra harmonica", {})])
+        writer.write(deletes=["gen-2"])
+        before = {m: top(engine, m, PHRASE) for m in MODES}
+        result = writer.merge()
+        assert set(result["parts"]) == set(engine.retrievers)
+        stats = writer.stats()
+        assert stats["delta"].get("sparse", 0) == 0 and stats["merges"] == 1
+        assert {m: top(engine, m, PHRASE) for m in MODES} == before
+        assert all(top(engine, m, PHRASE)[0] == "gen-1" for m in MODES)
+        writer.write([Document("gen-3", "Harmonica", "okapi tundra harmonica", {})])
+    finally:
+        engine.close()
+    engine = Engine.load(live_copy, warm_up=False)
+    try:
+        assert engine.backend.writer().stats()["generations"].get("sparse", "build").startswith("sparse.gen-")
+        for mode in MODES:
+            assert top(engine, mode, PHRASE)[0] == "gen-1", mode
+            assert top(engine, mode, "okapi tundra harmonica")[0] == "gen-3", mode
+            assert "gen-2" not in top(engine, mode, "okapi tundra harmonica"), mode
+    finally:
+        engine.close()
+
+
+def test_build_through_the_service_swaps_in_hot(server: Server) -> None:
+    """Acceptance 3: POST /v1/admin/builds (streamed JSONL) reports progress, completes, and the
+    server then serves the new index with no failed search in between."""
+    import threading
+
+    lines = [json.loads(l) for l in itertools.islice(DEMO.open(), 70, 90)]
+    lines.append({"_id": "built-1", "title": "Built", "text": PHRASE})
+    body = "".join(json.dumps(d) + "\n" for d in lines)
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def searching() -> None:
+        with server.client() as c:
+            while not stop.is_set():
+                r = c.post("/search", json={"query": PHRASE, "k": 3, "include_text": False})
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+
+    t = threading.Thread(target=searching)
+    t.start()
+    try:
+        with server.client() as c:
+            r = c.post("/admin/builds", content=body, headers={"content-type": "application/x-ndjson"})
+            assert r.status_code == 202, r.text
+            job = r.json()["id"]
+            seen_stages = set()
+            deadline = time.monotonic() + 1200
+            while time.monotonic() < deadline:
+                status = c.get(f"/admin/builds/{job}").json()
+                if status["stage"]:
+                    seen_stages.add(status["stage"])
+                if status["state"] not in ("queued", "running"):
+                    break
+                time.sleep(1)
+            assert status["state"] == "succeeded", status
+            assert status["generation"] == 2 and seen_stages, status
+            assert c.get("/index").json()["doc_count"] == len(lines)
+            assert _top(c, "bm25")[0] == "built-1"
+            assert c.post("/admin/builds", json={"corpus": "/etc/passwd"}).status_code == 422
+    finally:
+        stop.set()
+        t.join()
+    assert not failures, failures[:3]

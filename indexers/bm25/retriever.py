@@ -93,8 +93,11 @@ class BM25Part(Part):
     def absorbed(self) -> int:
         return committed_seq(self.index.path)
 
-    def merge(self, seq: int, resolve: Callable[[Sequence[str]], np.ndarray]) -> None:
+    def merge(self, seq: int, *, live: np.ndarray | None, resolve: Callable[[Sequence[str]], np.ndarray],
+              folder: Path, manifest: Manifest) -> Path | None:
+        """In place: expunge deletions (exact statistics) and commit."""
         self._live().merge(seq, resolve)
+        return None
 
     def _search_live(self, query: Any, depth: int, allowed: np.ndarray | None) -> Results:
         """:meth:`search` over the writer's latest reader (its doc ids and internal ids taken together)."""

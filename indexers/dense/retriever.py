@@ -120,6 +120,27 @@ class DensePart(Part):
         with self._lock.exclusive():  # FAISS may reallocate its storage: no search beside it
             self.index.add(np.asarray(encoded, dtype=np.float32))
 
+    _seq = 0
+
+    def absorbed(self) -> int:
+        return self._seq
+
+    def merge(self, seq: int, *, live: np.ndarray | None, resolve: Any, folder: Path,
+              manifest: Manifest) -> Path | None:
+        """Save the vectors so far as a generation (deleted ones stay, masked), so the log need
+        not be replayed from the start."""
+        with self._lock.shared():
+            self.index.save(folder)
+        return folder
+
+    def open_generation(self, folder: Path, seq: int) -> None:
+        new = DenseIndex.load(folder)
+        if len(new) < len(self.index):  # rows written after the generation: keep them
+            new.add(self.index.index.reconstruct_n(len(new), len(self.index) - len(new)))
+        with self._lock.exclusive():
+            self.index = new
+        self._seq = seq
+
 
 class DenseRetriever(Retriever):
     """A sentence-transformers encoder (all-MiniLM-L6-v2 offline by default) over FAISS inner product."""

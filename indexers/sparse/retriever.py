@@ -79,20 +79,26 @@ class SparsePart(Part):
     """The main index, plus (live writes) a small delta of written documents searched exactly.
 
     Written documents take internal ids after the main index's; deleted ones are hidden by the
-    live mask in ``allowed``. The delta is replaced, never changed in place, so a search holds one
-    consistent snapshot without a lock.
+    live mask in ``allowed``. ``state`` (main index, delta) is replaced as one tuple, never changed
+    in place, so a search holds one consistent snapshot without a lock. A merge builds a new main
+    index over every row (deleted rows emptied, so internal ids stay put) into a new generation.
     """
 
     def __init__(self, index: SparseIndex) -> None:
-        self.index = index
-        self.delta: sp.csr_matrix | None = None
+        self.state: tuple[SparseIndex, sp.csr_matrix | None] = (index, None)
+        self._seq = 0
+
+    @property
+    def index(self) -> SparseIndex:
+        return self.state[0]
 
     def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
                options: RetrieverOptions) -> Results:
-        delta, n_main = self.delta, self.index.n_docs
+        index, delta = self.state
+        n_main = index.n_docs
         main_allowed = None if allowed is None or delta is None and allowed.size == n_main else \
             _fit(allowed, n_main)
-        ids, scores = self.index.search(query, depth, allowed=main_allowed, **options.knobs())
+        ids, scores = index.search(query, depth, allowed=main_allowed, **options.knobs())
         ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float32)
         if delta is None:
             return Results(ids, scores)
@@ -107,14 +113,47 @@ class SparsePart(Part):
         return Results(all_ids[order], all_scores[order])
 
     def add(self, internal_ids: np.ndarray, docs: Sequence[Document], encoded: Any) -> None:
-        held = self.index.n_docs + (0 if self.delta is None else self.delta.shape[0])
+        index, delta = self.state
+        held = index.n_docs + (0 if delta is None else delta.shape[0])
         if internal_ids.size and int(internal_ids[0]) != held:
             raise ValueError(f"sparse: internal id {int(internal_ids[0])} written, {held} expected")
         rows = sp.csr_matrix(encoded, dtype=np.float32)
-        self.delta = rows if self.delta is None else sp.vstack([self.delta, rows], format="csr")
+        self.state = (index, rows if delta is None else sp.vstack([delta, rows], format="csr"))
 
     def delta_size(self) -> int:
-        return 0 if self.delta is None else int(self.delta.shape[0])
+        delta = self.state[1]
+        return 0 if delta is None else int(delta.shape[0])
+
+    def absorbed(self) -> int:
+        return self._seq
+
+    def merge(self, seq: int, *, live: np.ndarray | None, resolve: Any, folder: Path,
+              manifest: Manifest) -> Path | None:
+        """Build the main index over every row so far (exact weights; deleted rows emptied) with
+        the build's parameters into ``folder``; searches keep using the old state meanwhile."""
+        index, delta = self.state
+        ptr, docs, weights = index.exact_lists()
+        main = sp.csc_matrix((weights, docs, ptr), shape=(index.n_docs, index.vocab_size)).tocsr()
+        rows = main if delta is None else sp.vstack([main, delta], format="csr")
+        if live is not None:
+            keep = _fit(live, rows.shape[0]).astype(np.float32)
+            rows = (sp.diags(keep) @ rows).tocsr()
+            rows.eliminate_zeros()
+        params = index_params(dict((manifest.params.get("sparse") or {}).get("index", {})))
+        SparseIndex.build(rows, params).save(folder)
+        return folder
+
+    def open_generation(self, folder: Path, seq: int) -> None:
+        """Serve the generation in ``folder`` (it absorbed the log up to ``seq``); written rows
+        after it stay in the delta."""
+        index, delta = self.state
+        new = SparseIndex.load(folder, mmap=True)
+        held = index.n_docs + (0 if delta is None else delta.shape[0])
+        rest = None
+        if held > new.n_docs and delta is not None:
+            rest = delta[new.n_docs - index.n_docs:]
+        self.state = (new, rest)
+        self._seq = seq
 
 
 def _fit(mask: np.ndarray, n: int) -> np.ndarray:
