@@ -393,9 +393,19 @@ def _typed(value: Any, typ: str) -> Any:
 
 
 # -- facets -------------------------------------------------------------------------------------
+def _allowed_rows(col: Column, allowed: np.ndarray | None) -> np.ndarray:
+    """Rows of allowed documents (a document past the end of ``allowed`` is not allowed)."""
+    if allowed is None:
+        return np.ones(len(col.docs), dtype=bool)
+    inside = col.docs < allowed.size
+    rows = np.zeros(len(col.docs), dtype=bool)
+    rows[inside] = allowed[col.docs[inside]]
+    return rows
+
+
 def value_counts(col: Column, allowed: np.ndarray | None, size: int) -> list[tuple[Any, int]]:
     """The ``size`` most frequent values among allowed documents: (value, documents), ties by value."""
-    rows = np.ones(len(col.docs), dtype=bool) if allowed is None else allowed[col.docs]
+    rows = _allowed_rows(col, allowed)
     if not rows.any():
         return []
     kinds = col.kind[rows]
@@ -425,7 +435,7 @@ def _order(value: Any) -> tuple[int, Any]:
 
 def range_count(col: Column, bounds: Mapping[str, Any], allowed: np.ndarray | None) -> int:
     """Documents with a value inside every bound of ``bounds`` (``{"gte": 2015, "lt": 2018}``)."""
-    rows = np.ones(len(col.docs), dtype=bool) if allowed is None else allowed[col.docs].copy()
+    rows = _allowed_rows(col, allowed)
     for op, b in bounds.items():
         rows &= range_rows(col, op, b)
     return int(np.unique(col.docs[rows]).size)

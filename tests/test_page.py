@@ -132,7 +132,7 @@ def test_search_page_in_a_real_browser(server: str, browser: Any, engine: Any, t
     before = browser.find_element(By.ID, "status").text
     browser.find_element(By.ID, "go").click()
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".facet-value[data-value='\"de\"']")))
-    browser.find_element(By.CSS_SELECTOR, ".facet-value[data-value='\"de\"']").click()
+    browser.find_element(By.CSS_SELECTOR, ".facet-value[data-value='\"de\"']").send_keys(Keys.ENTER)  # keyboard
     wait.until(lambda d: d.find_element(By.ID, "filters").get_attribute("value") == '{"lang":"de"}')
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".facet-value[aria-pressed='true']"))
     metas = [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#results .hit .meta")]
@@ -142,7 +142,8 @@ def test_search_page_in_a_real_browser(server: str, browser: Any, engine: Any, t
 
     # open the explain bars of the first hit
     first = browser.find_element(By.CSS_SELECTOR, "#results .hit details.explain summary")
-    first.click()
+    first.send_keys(Keys.ENTER)  # a <summary> opens from the keyboard
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#results .hit details.explain").get_attribute("open"))
     rows = browser.find_elements(By.CSS_SELECTOR, "#results .hit:first-child .explain-row")
     assert len(rows) == 1 and rows[0].is_displayed()  # bm25 mode: one retriever
     assert rows[0].find_element(By.CSS_SELECTOR, ".bar span").get_attribute("style").startswith("width:")
@@ -155,4 +156,15 @@ def test_search_page_in_a_real_browser(server: str, browser: Any, engine: Any, t
     rows = browser.find_elements(By.CSS_SELECTOR, "#results .hit:first-child .explain-row")
     assert len(rows) == len(engine.retrievers) and all(r.is_displayed() for r in rows)
     browser.save_screenshot(str(shots / "5-hybrid-explain.png"))
-    assert len(list(shots.glob("*.png"))) == 5
+
+    # readable on a phone: one column, no horizontal scrolling
+    browser.set_window_size(390, 844)
+    wait.until(lambda d: d.execute_script("return window.innerWidth") <= 400)
+    width = browser.execute_script("return document.documentElement.scrollWidth")
+    inner = browser.execute_script("return window.innerWidth")
+    assert width <= inner, (width, inner)
+    facets = browser.find_element(By.ID, "facet-list").rect
+    results = browser.find_element(By.ID, "results").rect
+    assert facets["y"] > results["y"]  # facets move below the results
+    browser.save_screenshot(str(shots / "6-phone.png"))
+    assert len(list(shots.glob("*.png"))) == 6
