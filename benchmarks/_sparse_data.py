@@ -87,16 +87,42 @@ def synthetic_splade(
     return docs, queries
 
 
+def _open_text(path: Path):  # noqa: ANN202
+    import gzip
+
+    if not path.exists() and Path(str(path) + ".gz").exists():
+        path = Path(str(path) + ".gz")
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
 def _corpus_texts(path: Path) -> list[str]:
     from trident_search.encoders.text import document_text
 
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         return [document_text(r.get("title"), r.get("text")) for r in map(json.loads, f)]
 
 
 def _query_texts(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         return [str(json.loads(line)["text"]) for line in f]
+
+
+def save_compact(path: Path, m: sp.csr_matrix) -> None:
+    """A CSR matrix as a compressed .npz with uint16 term ids where the vocabulary allows (the shards
+    travel back from the GPU machine, whose returned files are capped at 16 MiB)."""
+    m = m.tocsr()
+    idx = m.indices.astype(np.uint16) if m.shape[1] <= 65536 else m.indices.astype(np.int32)
+    np.savez_compressed(path, indptr=m.indptr.astype(np.int64), indices=idx, data=m.data.astype(np.float32),
+                        shape=np.array(m.shape, dtype=np.int64))
+
+
+def load_compact(path: Path) -> sp.csr_matrix:
+    z = np.load(path)
+    if "format" in z.files:  # written by scipy.sparse.save_npz
+        return sp.load_npz(path).tocsr()
+    m = sp.csr_matrix((z["data"], z["indices"].astype(np.int32), z["indptr"]), shape=tuple(z["shape"]))
+    m.sort_indices()
+    return m
 
 
 def encode_beir(folder: Path, name: str, query_files: list[str], *, cache_dir: Path = CACHE_DIR,
@@ -111,10 +137,10 @@ def encode_beir(folder: Path, name: str, query_files: list[str], *, cache_dir: P
     enc = SparseEncoder(model, device=device, batch_size=batch_size)
     texts = _corpus_texts(folder / "corpus.jsonl")
     for i, start in enumerate(range(0, len(texts), shard_docs)):
-        sp.save_npz(cache_dir / f"{name}-docs-{i:02d}.npz", enc.encode_documents(texts[start : start + shard_docs]))
+        save_compact(cache_dir / f"{name}-docs-{i:02d}.npz", enc.encode_documents(texts[start : start + shard_docs]))
         log.info("%s: encoded %d/%d documents", name, min(start + shard_docs, len(texts)), len(texts))
     for qf in query_files:
-        sp.save_npz(cache_dir / f"{name}-{Path(qf).stem}.npz", enc.encode_queries(_query_texts(folder / qf)))
+        save_compact(cache_dir / f"{name}-{Path(qf).stem}.npz", enc.encode_queries(_query_texts(folder / qf)))
 
 
 def load_encoded(name: str, query_files: list[str], *, cache_dir: Path = CACHE_DIR
@@ -126,8 +152,8 @@ def load_encoded(name: str, query_files: list[str], *, cache_dir: Path = CACHE_D
         raise FileNotFoundError(
             f"no cached SPLADE vectors for {name} in {cache_dir}: run "
             f"`python benchmarks/_sparse_data.py {name}` (add --device cuda on a GPU machine)")
-    docs = sp.vstack([sp.load_npz(p) for p in shards]).tocsr()
-    return docs, {Path(qf).stem: sp.load_npz(cache_dir / f"{name}-{Path(qf).stem}.npz").tocsr() for qf in query_files}
+    docs = sp.vstack([load_compact(p) for p in shards]).tocsr()
+    return docs, {Path(qf).stem: load_compact(cache_dir / f"{name}-{Path(qf).stem}.npz") for qf in query_files}
 
 
 DATASETS = {

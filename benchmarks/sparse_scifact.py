@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,7 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     params = SparseParams(**args.params)
     t0 = time.perf_counter()
     index = SparseIndex.build(docs, params)
-    log.info("built %s in %.1fs: %s", params, time.perf_counter() - t0, index.stats())
+    build_s = time.perf_counter() - t0
+    stats = index.stats()
+    log.info("built %s in %.1fs: %s", index.params, build_s, stats)
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(tmp)
+        disk = sum(f.stat().st_size for f in Path(tmp).iterdir())
+    raw_csr = docs.nnz * 8 + (docs.shape[0] + 1) * 8  # float32 weights + int32 ids + int64 row pointers
 
     results = {}
     for name, exact in (("exact", True), ("approximate", False)):
@@ -76,7 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     hf = args.heap_factor if args.heap_factor is not None else params.heap_factor
     lines = [
         f"scifact {args.split}: {len(qids)} queries, {docs.shape[0]} docs; query_cut={qc}, heap_factor={hf}, "
-        f"build params {params.to_dict()}",
+        f"build params {index.params.to_dict()}; built in {build_s:.1f}s",
+        f"`sparse/` on disk {disk / 1e6:.2f} MB = {disk / stats['forward_bytes']:.2f}x the forward index "
+        f"({stats['forward_bytes'] / 1e6:.2f} MB) = {disk / raw_csr:.2f}x the raw float32 CSR ({raw_csr / 1e6:.2f} MB); "
+        f"{stats['postings']:,} postings, {stats['blocks']:,} blocks, {stats['summary_entries']:,} summary entries",
+        "",
         "| search | nDCG@10 | R@100 | µs/query (1 thread, k=100) |", "|---|---|---|---|",
         f"| exact | {ex['ndcg@10']:.4f} | {ex['recall@100']:.4f} | {ex_us:.0f} |",
         f"| approximate | {ap_['ndcg@10']:.4f} | {ap_['recall@100']:.4f} | {ap_us:.0f} |",

@@ -53,7 +53,7 @@ def test_exact_equals_scipy(index: SparseIndex, data: tuple[sp.csr_matrix, sp.cs
 
 def test_no_pruning_equals_exact(data: tuple[sp.csr_matrix, sp.csr_matrix]) -> None:
     docs, queries = data
-    full = SparseIndex.build(docs, SparseParams(n_postings=10**6, summary_energy=1.0))
+    full = SparseIndex.build(docs, SparseParams(n_postings=10**6, summary_energy=1.0, max_summary=65535))
     a_ids, a_sc = full.batch_search(queries, 10, query_cut=10**6, heap_factor=0.0)
     e_ids, e_sc = full.batch_search(queries, 10, exact=True)
     np.testing.assert_array_equal(a_ids, e_ids)
@@ -61,6 +61,51 @@ def test_no_pruning_equals_exact(data: tuple[sp.csr_matrix, sp.csr_matrix]) -> N
     # summaries are upper bounds at energy 1, so heap_factor 1 is still exact
     b_ids, _ = full.batch_search(queries, 10, query_cut=10**6, heap_factor=1.0)
     np.testing.assert_array_equal(b_ids, e_ids)
+
+
+def test_exact_weights_survive_the_16_bit_forward_index() -> None:
+    """Weights over 8 orders of magnitude: the bf16 forward values plus their 16-bit remainders give
+    back every float32 weight exactly, so exact scores match scipy's to float32 rounding."""
+    rng = np.random.default_rng(11)
+    docs = _random_csr(rng, 500, 30, 400, None)
+    docs.data = (10.0 ** rng.uniform(-7, 0.5, size=docs.nnz)).astype(np.float32)
+    queries = _random_csr(rng, 20, 10, 400, None)
+    idx = SparseIndex.build(docs, SparseParams(n_postings=50))
+    e_ids, e_sc = idx.batch_search(queries, 10, exact=True)
+    dense = (queries @ docs.T).toarray()
+    for i in range(queries.shape[0]):
+        n = int((e_ids[i] >= 0).sum())
+        np.testing.assert_allclose(e_sc[i][:n], np.sort(dense[i][dense[i] > 0])[::-1][:n], rtol=2e-6)
+        np.testing.assert_allclose(dense[i, e_ids[i][:n]], e_sc[i][:n], rtol=2e-6)
+    # approximate mode reports the same exact scores for the documents it finds
+    a_ids, a_sc = idx.batch_search(queries, 10, query_cut=1000, heap_factor=0.0)
+    for i in range(queries.shape[0]):
+        n = int((a_ids[i] >= 0).sum())
+        np.testing.assert_allclose(dense[i, a_ids[i][:n]], a_sc[i][:n], rtol=2e-6)
+
+
+def test_size_bound_relative_to_forward_index(data: tuple[sp.csr_matrix, sp.csr_matrix], tmp_path) -> None:  # noqa: ANN001
+    """With the default parameters the whole index is at most twice its forward index (the
+    documents themselves), and what `save` writes is what `nbytes` counts."""
+    docs, _ = data
+    idx = SparseIndex.build(docs)
+    st = idx.stats()
+    assert idx.params.n_postings > 0  # resolved from the corpus, and saved so
+    assert idx.nbytes <= 2 * st["forward_bytes"]
+    assert st["forward_bytes"] <= docs.nnz * 6 + (docs.shape[0] + 1) * 16 + 4 * docs.shape[0]
+    idx.save(tmp_path)
+    on_disk = sum(f.stat().st_size for f in tmp_path.glob("*.npy"))
+    assert idx.nbytes <= on_disk <= idx.nbytes + 128 * 16
+    assert SparseIndex.load(tmp_path).params == idx.params
+
+
+def test_auto_n_postings_scales_with_corpus() -> None:
+    from trident_search.indexers.sparse._params import AUTO_POSTINGS_MAX, auto_n_postings
+
+    small = auto_n_postings(5_000, 1_300_000, 20_000)
+    large = auto_n_postings(8_800_000, 1_000_000_000, 30_000)
+    assert small < large == AUTO_POSTINGS_MAX
+    assert SparseParams(n_postings=7).resolved(10, 100, 5).n_postings == 7
 
 
 def test_recall_at_10(index: SparseIndex, data: tuple[sp.csr_matrix, sp.csr_matrix]) -> None:

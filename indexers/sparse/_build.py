@@ -116,6 +116,9 @@ def _cluster(docs, n_centroids, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v, head
 
 
 _HIST_BINS = 256
+# Blocks of fewer documents get no summary: scoring their documents costs about what scoring a summary
+# would, and is exact; they are always scanned.
+SUMMARY_MIN_DOCS = 3
 
 
 @njit(cache=True)
@@ -157,15 +160,19 @@ def _energy_cut(vals, top, target, hist):  # noqa: ANN001, ANN202
 
 @njit(cache=True, nogil=True)
 def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v, vocab,
-                centroid_fraction, summary_energy, seed):  # noqa: ANN001, ANN202
-    """Blocks, summaries and summary dictionaries of the given lists (ascending ids).
+                centroid_fraction, summary_energy, max_summary, seed):  # noqa: ANN001, ANN202
+    """Blocks and block summaries of the given lists (ascending ids).
 
-    Returns per list: block count and dictionary size; per block: size, documents, scale; per
-    dictionary term: term and entry count; per entry: local block id and 8-bit value.
+    A summary is a short sparse vector: the component-wise max of the block's documents, cut to its
+    heaviest entries holding `summary_energy` of the L1 mass (at most `max_summary` entries), term ids
+    ascending, values quantised to 8 bits (rounded up, so a summary never under-estimates) with one
+    float32 scale per block.
+
+    Returns per list: block count; per block: size, scale, summary length; per posting: document;
+    per summary entry: term and 8-bit value.
     """
     nl = lists.shape[0]
     list_nblocks = np.zeros(nl, dtype=np.int64)
-    list_ndict = np.zeros(nl, dtype=np.int64)
     n_post = 0
     for li in range(nl):
         t = lists[li]
@@ -173,25 +180,18 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
     block_docs = np.empty(n_post, dtype=np.int32)
     block_size = np.empty(n_post, dtype=np.int64)  # at most one block per posting
     block_scale = np.empty(n_post, dtype=np.float32)
-    dict_terms = np.empty(1024, dtype=np.int32)
-    dict_nent = np.empty(1024, dtype=np.int64)
-    ent_block = np.empty(4096, dtype=np.int32)
-    ent_val = np.empty(4096, dtype=np.uint8)
-    nd = 0
-    ne = 0
+    block_nsum = np.empty(n_post, dtype=np.int64)
+    sum_terms = np.empty(4096, dtype=np.int32)
+    sum_vals = np.empty(4096, dtype=np.uint8)
+    ns = 0
     nbk = 0
     npst = 0
     head = np.empty(vocab, dtype=np.int32)
     head_stamp = np.zeros(vocab, dtype=np.int32)
     maxv = np.zeros(vocab, dtype=np.float32)
-    tcount = np.zeros(vocab, dtype=np.int64)
-    tcount_stamp = np.zeros(vocab, dtype=np.int32)
-    uniq = np.empty(vocab, dtype=np.int32)
     touched = np.empty(vocab, dtype=np.int32)
     vals = np.empty(vocab, dtype=np.float32)
-    trip_t = np.empty(1024, dtype=np.int32)
-    trip_b = np.empty(1024, dtype=np.int32)
-    trip_q = np.empty(1024, dtype=np.uint8)
+    keep_t = np.empty(vocab, dtype=np.int32)
     hist = np.zeros(_HIST_BINS, dtype=np.float64)
     cur = 0
     for li in range(nl):
@@ -217,12 +217,7 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
         for i in range(m):
             grouped[pos[assign[i]]] = docs[i]
             pos[assign[i]] += 1
-        # summaries: component-wise max, energy cut, 8-bit quantisation; collect (term, block, q)
-        ntr = 0
         nb = 0
-        cur += 1
-        list_stamp = cur  # marks the list's distinct summary terms in tcount_stamp
-        n_uniq = 0
         for c in range(n_cent):
             s0 = cnt[c]
             s1 = cnt[c + 1]
@@ -245,65 +240,42 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
                     elif v > maxv[u]:
                         maxv[u] = v
             total = 0.0
+            top = np.float32(0.0)
             for i in range(n_touch):
                 vals[i] = maxv[touched[i]]
                 total += vals[i]
-            top = np.float32(0.0)
-            for i in range(n_touch):
                 top = max(top, vals[i])
             cut = _energy_cut(vals[:n_touch], top, summary_energy * total, hist)
+            nk = 0
+            if s1 - s0 >= SUMMARY_MIN_DOCS:  # smaller blocks are scanned without a summary
+                for i in range(n_touch):
+                    if vals[i] >= cut:
+                        keep_t[nk] = touched[i]
+                        nk += 1
+            if nk > max_summary:  # keep the heaviest max_summary entries
+                order = np.argsort(-maxv[keep_t[:nk]], kind="mergesort")
+                sel = keep_t[:nk][order[:max_summary]].copy()
+                nk = max_summary
+                keep_t[:nk] = sel
+            kt = np.sort(keep_t[:nk])
             scale = np.float32(top / 255.0) if top > 0 else np.float32(1.0)
-            trip_t = _grow(trip_t, ntr, n_touch)
-            trip_b = _grow(trip_b, ntr, n_touch)
-            trip_q = _grow(trip_q, ntr, n_touch)
-            for i in range(n_touch):
-                if vals[i] < cut:
-                    continue
-                u = touched[i]
+            sum_terms = _grow(sum_terms, ns, nk)
+            sum_vals = _grow(sum_vals, ns, nk)
+            for i in range(nk):
+                u = kt[i]
                 # round up so a kept entry never under-estimates its document maximum
-                q = np.ceil(vals[i] / scale)
-                trip_t[ntr] = u
-                trip_b[ntr] = nb
-                trip_q[ntr] = np.uint8(min(255.0, max(1.0, q)))
-                ntr += 1
-                if tcount_stamp[u] != list_stamp:
-                    tcount_stamp[u] = list_stamp
-                    tcount[u] = 0
-                    uniq[n_uniq] = u
-                    n_uniq += 1
-                tcount[u] += 1
+                q = np.ceil(maxv[u] / scale)
+                sum_terms[ns] = u
+                sum_vals[ns] = np.uint8(min(255.0, max(1.0, q)))
+                ns += 1
             block_size[nbk] = s1 - s0
             block_scale[nbk] = scale
+            block_nsum[nbk] = nk
             nbk += 1
             nb += 1
         list_nblocks[li] = nb
-        # transpose the list's summaries into a term-sorted dictionary (bucket by term: blocks stay in
-        # ascending order inside a term)
-        terms_sorted = np.sort(uniq[:n_uniq])
-        dict_terms = _grow(dict_terms, nd, n_uniq)
-        dict_nent = _grow(dict_nent, nd, n_uniq)
-        ent_block = _grow(ent_block, ne, ntr)
-        ent_val = _grow(ent_val, ne, ntr)
-        nd0 = nd
-        slot = ne
-        for r in range(n_uniq):
-            u = terms_sorted[r]
-            dict_terms[nd] = u
-            dict_nent[nd] = tcount[u]
-            nd += 1
-            tcount[u] = slot  # from here on: the next free entry of term u
-            slot += dict_nent[nd - 1]
-        for r in range(ntr):
-            u = trip_t[r]
-            e = tcount[u]
-            ent_block[e] = trip_b[r]
-            ent_val[e] = trip_q[r]
-            tcount[u] = e + 1
-        ne += ntr
-        list_ndict[li] = nd - nd0
-    return (list_nblocks, list_ndict, block_size[:nbk].copy(), block_docs[:npst].copy(),
-            block_scale[:nbk].copy(), dict_terms[:nd].copy(), dict_nent[:nd].copy(),
-            ent_block[:ne].copy(), ent_val[:ne].copy())
+    return (list_nblocks, block_size[:nbk].copy(), block_docs[:npst].copy(), block_scale[:nbk].copy(),
+            block_nsum[:nbk].copy(), sum_terms[:ns].copy(), sum_vals[:ns].copy())
 
 
 @njit(cache=True, nogil=True)
@@ -328,34 +300,76 @@ def home_order(block_docs, block_doc_ptr, block_list, top_t, n_docs):  # noqa: A
 
 @njit(cache=True, nogil=True)
 def forward_records(indptr, indices, data, narrow, order):  # noqa: ANN001, ANN202
-    """Pack CSR rows into one uint32 buffer of records [n][term ids][float32 values], written in
-    the given document order.
+    """Pack CSR rows into one uint16 buffer of records, written in the given document order:
 
-    Term ids take 16 bits when `narrow` (two per word, the last word zero-padded), else 32 bits.
-    Returns (word offset of each document's record, plus the buffer size; buffer)."""
+        [n: 2 x u16][term ids: n x u16 (narrow) or n x u32 (wide)][bf16 values: n x u16][pad to 2 u16]
+
+    A record starts at an offset that is a multiple of 2 (so wide ids read as aligned uint32). The
+    value is the float32 weight rounded to its top 16 bits (bfloat16); the exact float32 is
+    ``(hi << 16) + lo`` with the signed remainders ``lo`` kept apart in CSR (document id) order, so
+    the approximate path reads 4 bytes per entry and exact scores stay exact.
+    Returns (u16 offset of each document's record plus the buffer size; buffer; remainders)."""
     n_docs = indptr.shape[0] - 1
     ptr = np.zeros(n_docs + 1, dtype=np.int64)
     o = 0
     for i in range(n_docs):
         d = order[i]
         n = indptr[d + 1] - indptr[d]
-        tw = (n + 1) // 2 if narrow else n
         ptr[d] = o
-        o += 1 + tw + n
+        rec = 2 + (n if narrow else 2 * n) + n
+        o += rec + (rec & 1)
     ptr[n_docs] = o
-    buf = np.zeros(o, dtype=np.uint32)
-    t16 = buf.view(np.uint16)
-    f32 = buf.view(np.float32)
+    buf = np.zeros(o + (o & 1), dtype=np.uint16)
+    b32 = buf.view(np.uint32)
+    bits = data.view(np.int32)
+    lo = np.empty(data.shape[0], dtype=np.int16)
     for d in range(n_docs):
         a = indptr[d]
         n = indptr[d + 1] - a
         o = ptr[d]
-        buf[o] = n
-        tw = (n + 1) // 2 if narrow else n
+        b32[o >> 1] = n
+        vb = o + 2 + (n if narrow else 2 * n)
         for j in range(n):
             if narrow:
-                t16[2 * (o + 1) + j] = indices[a + j]
+                buf[o + 2 + j] = indices[a + j]
             else:
-                buf[o + 1 + j] = indices[a + j]
-            f32[o + 1 + tw + j] = data[a + j]
-    return ptr, buf
+                b32[(o >> 1) + 1 + j] = indices[a + j]
+            x = np.int64(bits[a + j])
+            hi = (x + 0x8000) >> 16
+            buf[vb + j] = np.uint16(hi)
+            lo[a + j] = np.int16(x - (hi << 16))
+    return ptr, buf, lo
+
+
+@njit(cache=True, nogil=True)
+def exact_lists(fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, vocab):  # noqa: ANN001, ANN202
+    """Full (unpruned) posting lists with exact float32 weights, rebuilt from the forward index:
+    (list pointers, document ids ascending, weights). Built on the first exact search only."""
+    n_docs = fwd_ptr.shape[0] - 1
+    cnt = np.zeros(vocab + 1, dtype=np.int64)
+    for d in range(n_docs):
+        o = fwd_ptr[d]
+        n = np.int64(fwd32[o >> 1])
+        tb = (o + 2) >> tshift
+        for j in range(n):
+            cnt[np.int64(fwd_t[tb + j]) + 1] += 1
+    for t in range(vocab):
+        cnt[t + 1] += cnt[t]
+    nnz = cnt[vocab]
+    docs = np.empty(nnz, dtype=np.int32)
+    vals = np.empty(nnz, dtype=np.float32)
+    bits = vals.view(np.int32)
+    pos = cnt[:vocab].copy()
+    for d in range(n_docs):
+        o = fwd_ptr[d]
+        n = np.int64(fwd32[o >> 1])
+        tb = (o + 2) >> tshift
+        vb = o + 2 + (n << tshift)
+        l0 = lo_ptr[d]
+        for j in range(n):
+            t = np.int64(fwd_t[tb + j])
+            p = pos[t]
+            pos[t] = p + 1
+            docs[p] = d
+            bits[p] = np.int32((np.int64(fwd16[vb + j]) << 16) + np.int64(lo[l0 + j]))
+    return cnt, docs, vals

@@ -1,23 +1,24 @@
 """SparseIndex: a Seismic-like learned-sparse index (build, save/load, search).
 
 Layout (all plain arrays, memory-mapped on load). The query path is bound by cache misses, so the
-layout minimises the distinct cache lines a query touches:
+layout minimises the bytes and distinct cache lines a query touches:
 
-* forward index (unpruned, float32 weights; exact scores only ever come from it): one uint32 buffer
-  ``fwd_buf`` of per-document records ``[n][n term ids][n values]``, starting at word ``fwd_ptr[d]``.
-  Term ids are uint16 when the vocabulary has at most 65,536 terms, else uint32. Records are stored
-  grouped by each document's home block (see ``_build.home_order``), not in id order.
-* posting lists cut into blocks: list ``t`` owns blocks ``list_block_ptr[t]:list_block_ptr[t+1]``,
+* forward index (unpruned): one uint16 buffer ``fwd_buf`` of per-document records
+  ``[n: u32][n term ids][n bfloat16 weights]`` starting at u16 offset ``fwd_ptr[d]``. Term ids are
+  uint16 when the vocabulary has at most 65,536 terms, else uint32. Records are stored grouped by each
+  document's home block (see ``_build.home_order``), not in id order. The exact float32 weight is
+  ``bf16 << 16`` plus a signed 16-bit remainder in ``fwd_lo`` (CSR order, row pointers ``lo_ptr``):
+  exact scores only ever come from these.
+* pruned posting lists cut into blocks: list ``t`` owns blocks ``list_block_ptr[t]:list_block_ptr[t+1]``,
   block ``g`` owns postings ``block_doc_ptr[g]:block_doc_ptr[g+1]``, each a document id
-  (``block_docs``) and the word offset of its record (``block_offs``), so scoring a posting touches
+  (``block_docs``) and the offset of its record (``block_offs``), so scoring a posting touches
   one record and no pointer array.
-* block summaries stored *transposed* per list, as a term-sorted dictionary: list ``t`` owns
-  dictionary rows ``list_dict_ptr[t]:list_dict_ptr[t+1]``; row ``r`` is term ``dict_terms[r]`` whose
-  entries end at ``list_ent_ptr[t] + dict_ent_end[r]`` (they start where the previous row of the
-  list ends) in ``ent``, each packed as ``local block id << 8 | 8-bit value``; a block's real
-  summary value is ``value x block_scale[g]``. Scoring all blocks of a list then costs one sorted
-  intersection with the query instead of one gather per summary entry.
+* block summaries as short sparse vectors: block ``g`` owns entries ``sum_ptr[g]:sum_ptr[g+1]`` of
+  ``sum_terms`` (ascending) and ``sum_vals`` (8-bit, times ``block_scale[g]``). A list's summaries are
+  contiguous, so scoring them is one sequential read.
 * optional kNN graph ``knn`` (n_docs, knn), padded with -1.
+* exact mode runs term-at-a-time over full posting lists, rebuilt from the forward index in memory on
+  the first exact search (they are not stored: 8 bytes a weight would double the index).
 
 Input policy: documents and queries are CSR rows over the same vocabulary. Duplicate term ids in a
 row are **summed** (scipy's canonical form), explicit zeros are dropped, and negative or non-finite
@@ -42,11 +43,12 @@ from ._params import SparseFormatError, SparseIndexError, SparseParams
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "trident-sparse"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PARAMS_FILE = "params.json"
 ARRAYS = (
-    "fwd_ptr", "fwd_buf", "list_block_ptr", "block_doc_ptr", "block_docs", "block_offs", "block_scale",
-    "list_dict_ptr", "dict_terms", "list_ent_ptr", "dict_ent_end", "ent", "knn",
+    "fwd_ptr", "fwd_buf", "lo_ptr", "fwd_lo",
+    "list_block_ptr", "block_doc_ptr", "block_docs", "block_offs", "block_scale", "sum_ptr", "sum_terms", "sum_vals",
+    "knn",
 )
 NARROW_VOCAB = 65536  # term ids fit 16 bits up to here
 _CHUNK_POSTINGS = 2_000_000
@@ -92,6 +94,16 @@ class _Scratch(threading.local):
         self.stamp = np.zeros(1, dtype=np.int64)
         self.bscore = np.zeros(max(max_blocks, 1), dtype=np.float32)
         self.border = np.zeros(max(max_blocks, 1), dtype=np.int32)
+        self.n_docs = n_docs
+        self._acc: np.ndarray | None = None
+        self._touched: np.ndarray | None = None
+
+    def exact_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Accumulator (float32, zero between queries) and touched-list of exact mode, made on first use."""
+        if self._acc is None:
+            self._acc = np.zeros(max(self.n_docs, 1), dtype=np.float32)
+            self._touched = np.zeros(max(self.n_docs, 1), dtype=np.int32)
+        return self._acc, self._touched
 
 
 class SparseIndex:
@@ -106,12 +118,15 @@ class SparseIndex:
         self._max_blocks = int(np.diff(lbp).max()) if lbp.shape[0] > 1 else 0
         self._scratch = _Scratch(self.n_docs, vocab_size, self._max_blocks)
         self._no_filter = np.ones(1, dtype=np.bool_)
-        self._order: np.ndarray | None = None
+        self._exact_lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lock = threading.Lock()
         buf = arrays["fwd_buf"]
         narrow = vocab_size <= NARROW_VOCAB
-        self._fwd = (arrays["fwd_ptr"], buf, buf.view(np.uint16) if narrow else buf, buf.view(np.float32),
-                     1 if narrow else 0)
-        self._idx_args = self._fwd + (_prefetch_lines(arrays),) + tuple(arrays[n] for n in ARRAYS[2:12])
+        b32 = buf.view(np.uint32)
+        self._fwd = (arrays["fwd_ptr"], buf, b32, buf if narrow else b32, 0 if narrow else 1)
+        self._lo = (arrays["lo_ptr"], arrays["fwd_lo"])
+        self._idx_args = (self._fwd + (_prefetch_lines(arrays, narrow),) + self._lo
+                          + tuple(arrays[n] for n in ARRAYS[4:12]))
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -122,6 +137,7 @@ class SparseIndex:
         t0 = time.perf_counter()
         m = _canonical(docs, "documents")
         n_docs, vocab = m.shape
+        params = params.resolved(n_docs, m.nnz, int(np.count_nonzero(np.bincount(m.indices, minlength=vocab))))
         fwd_ptr = m.indptr.astype(np.int64)
         fwd_terms = m.indices
         fwd_vals = m.data
@@ -136,45 +152,41 @@ class SparseIndex:
                 chunks.append(np.arange(start, t + 1, dtype=np.int64))
                 start, acc = t + 1, 0
 
+        max_summary = params.max_summary
+
         def run(lists: np.ndarray):  # noqa: ANN202
             return _build.build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t, top_v,
-                                      vocab, params.centroid_fraction, params.summary_energy, params.seed)
+                                      vocab, params.centroid_fraction, params.summary_energy, max_summary,
+                                      params.seed)
 
         with ThreadPoolExecutor(threads or _default_threads()) as pool:
             parts = list(pool.map(run, chunks))
         list_nblocks = np.concatenate([p[0] for p in parts]) if parts else np.zeros(vocab, np.int64)
-        list_ndict = np.concatenate([p[1] for p in parts]) if parts else np.zeros(vocab, np.int64)
-        block_size = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
-        block_docs = _cat([p[3] for p in parts], np.int32)
+        block_size = _cat([p[1] for p in parts], np.int64)
+        block_docs = _cat([p[2] for p in parts], np.int32)
         block_doc_ptr = _offsets(block_size)
         list_block_ptr = _offsets(list_nblocks)
         block_list = np.repeat(np.arange(vocab, dtype=np.int32), list_nblocks)
         order = _build.home_order(block_docs, block_doc_ptr, block_list, top_t, n_docs)
-        rec_ptr, rec_buf = _build.forward_records(fwd_ptr, fwd_terms, fwd_vals, vocab <= NARROW_VOCAB, order)
-        list_dict_ptr = _offsets(list_ndict)
-        dict_ent_ptr = _offsets(_cat([p[6] for p in parts], np.int64))
-        list_ent_ptr = dict_ent_ptr[list_dict_ptr]
-        dict_ent_end = dict_ent_ptr[1:] - np.repeat(list_ent_ptr[:-1], list_ndict)
-        ent = (_cat([p[7] for p in parts], np.uint32) << np.uint32(8)) | _cat([p[8] for p in parts], np.uint32)
+        narrow = vocab <= NARROW_VOCAB
+        rec_ptr, rec_buf, lo = _build.forward_records(fwd_ptr, fwd_terms, fwd_vals, narrow, order)
         arrays: dict[str, np.ndarray] = {
-            "fwd_ptr": rec_ptr, "fwd_buf": rec_buf,
+            "fwd_ptr": rec_ptr, "fwd_buf": rec_buf, "lo_ptr": fwd_ptr, "fwd_lo": lo,
             "list_block_ptr": list_block_ptr,
             "block_doc_ptr": block_doc_ptr,
             "block_docs": block_docs,
             "block_offs": _smallest_uint(rec_ptr[block_docs]),
-            "block_scale": _cat([p[4] for p in parts], np.float32),
-            "list_dict_ptr": list_dict_ptr,
-            "dict_terms": _cat([p[5] for p in parts], np.uint16 if vocab <= NARROW_VOCAB else np.int32),
-            "list_ent_ptr": list_ent_ptr,
-            "dict_ent_end": _smallest_uint(dict_ent_end),
-            "ent": ent,
+            "block_scale": _cat([p[3] for p in parts], np.float32),
+            "sum_ptr": _offsets(_cat([p[4] for p in parts], np.int64)),
+            "sum_terms": _cat([p[5] for p in parts], np.uint16 if narrow else np.int32),
+            "sum_vals": _cat([p[6] for p in parts], np.uint8),
             "knn": np.zeros((n_docs, 0), dtype=np.int32),
         }
         index = cls(arrays, params, vocab)
         if params.knn > 0:
             index._a["knn"] = index._build_knn(m, params.knn, threads)
         log.info("sparse index: %d docs, %d postings, %d blocks, %d summary entries, built in %.1fs",
-                 n_docs, post_docs.size, block_size.size, arrays["ent"].size, time.perf_counter() - t0)
+                 n_docs, post_docs.size, block_size.size, arrays["sum_terms"].size, time.perf_counter() - t0)
         return index
 
     def _build_knn(self, docs: sp.csr_matrix, n: int, threads: int | None) -> np.ndarray:
@@ -301,17 +313,21 @@ class SparseIndex:
         kk, qc, hf, nk, allowed, use_allowed = opts
         s = self._scratch
         if exact:
-            return _search.exact_range(q.indptr, q.indices, q.data, a, b, kk, self._storage_order(), *self._fwd, allowed, use_allowed,
-                                       s.qmap8, s.qmap32, s.qv, ids, scores)
+            acc, touched = s.exact_buffers()
+            return _search.exact_range(q.indptr, q.indices, q.data, a, b, kk, *self.exact_lists(), *self._fwd, *self._lo,
+                                       allowed, use_allowed, s.qmap8, s.qmap32, s.qv, acc, touched, ids, scores)
         return _search.search_range(q.indptr, q.indices, q.data, a, b, kk, qc, hf, nk, *self._idx_args,
                                     self._a["knn"], allowed, use_allowed, s.qmap8, s.qmap32, s.qv, s.visited, s.stamp,
                                     s.bscore, s.border, ids, scores)
 
-    def _storage_order(self) -> np.ndarray:
-        """Document ids in the order their records are stored (computed on the first exact search)."""
-        if self._order is None:
-            self._order = np.argsort(self._a["fwd_ptr"][:-1], kind="stable")
-        return self._order
+    def exact_lists(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Full posting lists with exact weights (list pointers, doc ids, float32 weights), rebuilt from
+        the forward index on the first exact search (~8 bytes per weight, in memory only)."""
+        if self._exact_lists is None:
+            with self._lock:
+                if self._exact_lists is None:
+                    self._exact_lists = _build.exact_lists(*self._fwd[:5], *self._lo, self.vocab_size)
+        return self._exact_lists
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -321,9 +337,10 @@ class SparseIndex:
 
     def stats(self) -> dict[str, int]:
         a = self._a
-        return {"n_docs": self.n_docs, "vocab_size": self.vocab_size, "nnz": int(a["fwd_buf"][a["fwd_ptr"][:-1]].sum()) if self.n_docs else 0,
+        fwd = int(a["fwd_ptr"].nbytes + a["fwd_buf"].nbytes + a["lo_ptr"].nbytes + a["fwd_lo"].nbytes)
+        return {"n_docs": self.n_docs, "vocab_size": self.vocab_size, "nnz": int(a["fwd_lo"].size),
                 "postings": int(a["block_docs"].size), "blocks": int(a["block_scale"].size),
-                "summary_entries": int(a["ent"].size), "bytes": self.nbytes}
+                "summary_entries": int(a["sum_terms"].size), "forward_bytes": fwd, "bytes": self.nbytes}
 
 
 def _pruned_lists(m: sp.csr_matrix, params: SparseParams) -> tuple[np.ndarray, np.ndarray]:
@@ -343,16 +360,17 @@ def _pruned_lists(m: sp.csr_matrix, params: SparseParams) -> tuple[np.ndarray, n
     return kept_before[col_ptr], csc.indices[keep].astype(np.int32)
 
 
-def _prefetch_lines(arrays: dict[str, np.ndarray]) -> int:
+def _prefetch_lines(arrays: dict[str, np.ndarray], narrow: bool) -> int:
     """Cache lines to prefetch per forward record: the mean record size over the postings (long
     documents sit in more lists), so short records do not waste bandwidth and long ones arrive whole."""
     docs = arrays["block_docs"]
     if docs.size == 0:
         return 1
-    ptr = arrays["fwd_ptr"]
+    lo_ptr = arrays["lo_ptr"]
     sample = docs[:: max(1, docs.size // 100_000)]
-    words = float(np.mean(arrays["fwd_buf"][ptr[sample]])) * 1.5 + 1  # n + n/2 (uint16 ids) + header
-    return int(min(16, max(1, np.ceil(words * 4 / 64))))
+    n = float(np.mean(lo_ptr[sample + 1] - lo_ptr[sample]))
+    nbytes = 4 + n * (4 if narrow else 6)  # header, ids, bf16 weights
+    return int(min(16, max(1, np.ceil(nbytes / 64))))
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:

@@ -7,8 +7,11 @@ document is visited in the current query iff ``visited[d] == stamp``, so it is n
 small per-list buffers. Batch entry points loop over a contiguous range of queries and release the
 GIL, so a thread pool runs them in parallel, each thread with its own scratch.
 
-Scores are accumulated in float32 in the order the forward index stores a document's terms, so
-approximate and exact mode give bit-identical scores for the same document. Ties are broken by the
+Candidates are scored from the forward index's bfloat16 values (4 bytes an entry: half the memory
+traffic of float32); the final top-k of every query is then rescored exactly (float32 weights rebuilt
+from bf16 + 16-bit remainder), accumulated in float32 in the order the forward index stores a
+document's terms, so approximate and exact mode report bit-identical scores for the same document.
+Exact mode is term-at-a-time over full posting lists (rebuilt from the forward index on first use). Ties are broken by the
 smaller internal id, which makes results independent of visiting order. Documents that share no term
 with the query (score 0) are never returned; missing results are padded with id -1.
 """
@@ -44,6 +47,24 @@ def _prefetch(typingctx, arr, idx):  # noqa: ANN001, ANN202
         return context.get_dummy_value()
 
     return types.void(arr, idx), codegen
+
+
+@intrinsic
+def _as_f32(typingctx, bits):  # noqa: ANN001, ANN202
+    """Reinterpret the low 32 bits of an integer as a float32 (bf16 -> f32 is ``hi << 16``)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        x = args[0]
+        i32 = ir.IntType(32)
+        if x.type.width > 32:
+            x = builder.trunc(x, i32)
+        elif x.type.width < 32:
+            x = builder.zext(x, i32)
+        return builder.bitcast(x, ir.FloatType())
+
+    return types.float32(bits), codegen
 
 
 @njit(cache=True, inline="always")
@@ -91,11 +112,12 @@ def _heap_push(hs, hd, n, k, s, d):  # noqa: ANN001, ANN202
 
 @njit(cache=True)
 def _heap_emit(hs, hd, n, out_ids, out_scores):  # noqa: ANN001, ANN202
-    """Write the heap best-first into the output row (padded with -1 / 0)."""
+    """Write the best min(n, len(out)) hits of the heap best-first into the output row (padded with
+    -1 / 0); returns how many were written. The heap may hold a few more than k candidates."""
     order = np.empty(n, dtype=np.int64)
     for i in range(n):
         order[i] = i
-    # insertion sort: n is k (small)
+    # insertion sort: n is about k (small)
     for i in range(1, n):
         j = i
         while j > 0 and _worse(hs[order[j - 1]], hd[order[j - 1]], hs[order[j]], hd[order[j]]):
@@ -103,58 +125,80 @@ def _heap_emit(hs, hd, n, out_ids, out_scores):  # noqa: ANN001, ANN202
             order[j] = order[j - 1]
             order[j - 1] = t
             j -= 1
-    for i in range(n):
+    m = min(n, out_ids.shape[0])
+    for i in range(m):
         out_ids[i] = hd[order[i]]
         out_scores[i] = hs[order[i]]
-    for i in range(n, out_ids.shape[0]):
+    for i in range(m, out_ids.shape[0]):
         out_ids[i] = -1
         out_scores[i] = 0.0
-    return n
+    return m
 
 
 @njit(cache=True, inline="always")
-def _doc_score(o, fwd_buf, fwd_t, fwd_v, tshift, qmap, qv):  # noqa: ANN001, ANN202
-    """Dot product of the query with the forward record at word `o`: [n][n term ids][n float32 values].
+def heap_size(k):  # noqa: ANN001, ANN202
+    """Candidates kept per query: k plus a margin, so that hits whose bf16 (approximate) score falls
+    just below the k-th still reach the exact rescoring that orders the final top k."""
+    return k + (k >> 3) + 2
 
-    Term ids are uint16 (two per word, tshift=1) or uint32 (tshift=0); one record is contiguous, so
-    scoring a document costs one cache miss, not one per array. The query is a term -> slot map
+
+@njit(cache=True, inline="always")
+def _doc_score(o, fwd16, fwd32, fwd_t, tshift, qmap, qv):  # noqa: ANN001, ANN202
+    """Approximate dot product of the query with the record at u16 offset `o`, from bf16 values.
+
+    Record: [n: u32][n term ids (u16, or u32 when tshift=1)][n bf16 values]; one record is contiguous,
+    so scoring a document costs one cache miss, not one per array. The query is a term -> slot map
     (`qmap`, 0 = not in the query) and slot weights `qv` (qv[0] = 0): with up to 255 query terms the
-    map is uint8, 30 KB for a BERT vocabulary, so its lookups hit the L1 cache where a float32
-    dense query vector (120 KB) would not."""
-    n = np.int64(fwd_buf[o])
-    tb = (o + 1) << tshift
-    vb = o + 1 + ((n + (1 << tshift) - 1) >> tshift)
-    # four independent partial sums in a fixed order: not bound by the latency of one float add
-    # chain, and still deterministic (exact and approximate mode give bit-identical scores)
+    map is uint8, 30 KB for a BERT vocabulary, so its lookups hit the L1 cache."""
+    n = np.int64(fwd32[o >> 1])
+    tb = (o + 2) >> tshift
+    vb = o + 2 + (n << tshift)
     s0 = np.float32(0.0)
     s1 = np.float32(0.0)
     s2 = np.float32(0.0)
     s3 = np.float32(0.0)
     n4 = n & ~3
     for j in range(0, n4, 4):
-        s0 += qv[qmap[fwd_t[tb + j]]] * fwd_v[vb + j]
-        s1 += qv[qmap[fwd_t[tb + j + 1]]] * fwd_v[vb + j + 1]
-        s2 += qv[qmap[fwd_t[tb + j + 2]]] * fwd_v[vb + j + 2]
-        s3 += qv[qmap[fwd_t[tb + j + 3]]] * fwd_v[vb + j + 3]
+        s0 += qv[qmap[fwd_t[tb + j]]] * _as_f32(np.uint32(fwd16[vb + j]) << 16)
+        s1 += qv[qmap[fwd_t[tb + j + 1]]] * _as_f32(np.uint32(fwd16[vb + j + 1]) << 16)
+        s2 += qv[qmap[fwd_t[tb + j + 2]]] * _as_f32(np.uint32(fwd16[vb + j + 2]) << 16)
+        s3 += qv[qmap[fwd_t[tb + j + 3]]] * _as_f32(np.uint32(fwd16[vb + j + 3]) << 16)
     for j in range(n4, n):
-        s0 += qv[qmap[fwd_t[tb + j]]] * fwd_v[vb + j]
+        s0 += qv[qmap[fwd_t[tb + j]]] * _as_f32(np.uint32(fwd16[vb + j]) << 16)
     return (s0 + s1) + (s2 + s3)
 
 
 @njit(cache=True, inline="always")
-def _scan_block(p0, p1, block_docs, block_offs, fwd_buf, fwd_t, fwd_v, tshift, pf_lines, qmap, qv,
+def _exact_score(d, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap, qv):  # noqa: ANN001, ANN202
+    """Exact float32 dot product of the query with document d (weights = bf16 << 16 + remainder),
+    accumulated in storage order: the one definition of a document's score in both modes."""
+    o = fwd_ptr[d]
+    n = np.int64(fwd32[o >> 1])
+    tb = (o + 2) >> tshift
+    vb = o + 2 + (n << tshift)
+    l0 = lo_ptr[d]
+    s = np.float32(0.0)
+    for j in range(n):
+        w = qv[qmap[fwd_t[tb + j]]]
+        if w != 0.0:
+            s += w * _as_f32((np.int64(fwd16[vb + j]) << 16) + np.int64(lo[l0 + j]))
+    return s
+
+
+@njit(cache=True, inline="always")
+def _scan_block(p0, p1, block_docs, block_offs, fwd16, fwd32, fwd_t, tshift, pf_lines, qmap, qv,
                 visited, cur, allowed, use_allowed, hs, hd, n, k):  # noqa: ANN001, ANN202
     """Score the unvisited, allowed documents of postings [p0, p1) into the heap; returns its size."""
     for p in range(p0, p1):
         if p + PREFETCH_AHEAD < p1:
-            _prefetch_record(fwd_buf, block_offs[p + PREFETCH_AHEAD], pf_lines)
+            _prefetch_record(fwd16, block_offs[p + PREFETCH_AHEAD], pf_lines)
         d = block_docs[p]
         if visited[d] == cur:
             continue
         visited[d] = cur
         if use_allowed and not allowed[d]:
             continue
-        s = _doc_score(np.int64(block_offs[p]), fwd_buf, fwd_t, fwd_v, tshift, qmap, qv)
+        s = _doc_score(np.int64(block_offs[p]), fwd16, fwd32, fwd_t, tshift, qmap, qv)
         if s > 0.0:
             n = _heap_push(hs, hd, n, k, s, d)
     return n
@@ -176,24 +220,22 @@ def _set_query(q_terms, q_vals, qmap8, qmap32, qv, on):  # noqa: ANN001, ANN202
 
 
 @njit(cache=True, inline="always")
-def _prefetch_record(fwd_buf, o, lines):  # noqa: ANN001, ANN202
+def _prefetch_record(fwd16, o, lines):  # noqa: ANN001, ANN202
     for i in range(lines):
-        _prefetch(fwd_buf, o + 16 * i)
+        _prefetch(fwd16, o + 32 * i)
 
 
 @njit(cache=True, inline="always")
-def _prefetch_list(t, list_block_ptr, list_dict_ptr, dict_terms, block_scale, block_doc_ptr):  # noqa: ANN001, ANN202
-    """Prefetch the summary dictionary and block arrays of list t (what _score_blocks reads first)."""
-    d0 = list_dict_ptr[t]
-    d1 = list_dict_ptr[t + 1]
-    for i in range(d0, d1, 32):
-        _prefetch(dict_terms, i)
+def _prefetch_list(t, list_block_ptr, sum_ptr, sum_terms, sum_vals):  # noqa: ANN001, ANN202
+    """Prefetch the block summaries of list t (what _score_blocks reads first)."""
     g0 = list_block_ptr[t]
     g1 = list_block_ptr[t + 1]
-    for g in range(g0, g1, 16):
-        _prefetch(block_scale, g)
-    for g in range(g0, g1, 8):
-        _prefetch(block_doc_ptr, g)
+    e0 = sum_ptr[g0]
+    e1 = sum_ptr[g1]
+    for e in range(e0, min(e1, e0 + 4096), 32):
+        _prefetch(sum_terms, e)
+    for e in range(e0, min(e1, e0 + 4096), 64):
+        _prefetch(sum_vals, e)
 
 
 @njit(cache=True)
@@ -207,42 +249,27 @@ def _next_stamp(visited, stamp):  # noqa: ANN001, ANN202
     return np.uint8(stamp[0])
 
 
-@njit(cache=True)
-def _score_blocks(t, q_terms, q_vals, list_block_ptr, list_dict_ptr, dict_terms, list_ent_ptr, dict_ent_end,
-                  ent, block_scale, bscore):  # noqa: ANN001, ANN202
-    """Summary scores of every block of list t, by intersecting the sorted query terms with the
-    list's summary dictionary (term -> packed (block << 8 | 8-bit value) entries): only the
-    entries of matching terms are read, not every summary entry."""
+@njit(cache=True, inline="always")
+def _score_blocks(t, list_block_ptr, sum_ptr, sum_terms, sum_vals, block_scale, qmap, qv, bscore):  # noqa: ANN001, ANN202
+    """Summary scores of every block of list t: each summary is a short sparse vector (term ids,
+    8-bit values, one scale per block) stored contiguously, so a list's summaries are one
+    sequential read. Blocks without a summary score +inf."""
     b0 = list_block_ptr[t]
     nb = list_block_ptr[t + 1] - b0
     for b in range(nb):
-        bscore[b] = 0.0
-    d0 = list_dict_ptr[t]
-    lo = d0
-    hi = list_dict_ptr[t + 1]
-    e0 = list_ent_ptr[t]
-    for j in range(q_terms.shape[0]):
-        if lo >= hi:
-            break
-        qt = q_terms[j]
-        a = lo  # lower bound of qt in dict_terms[lo:hi]
-        z = hi
-        while a < z:
-            m = (a + z) >> 1
-            if dict_terms[m] < qt:
-                a = m + 1
-            else:
-                z = m
-        lo = a
-        if a < hi and dict_terms[a] == qt:
-            w = q_vals[j]
-            start = e0 + (dict_ent_end[a - 1] if a > d0 else 0)
-            for e in range(start, e0 + dict_ent_end[a]):
-                x = ent[e]
-                bscore[x >> 8] += w * np.float32(x & 255)
-            lo = a + 1
-    for b in range(nb):
-        bscore[b] *= block_scale[b0 + b]
+        g = b0 + b
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        e0 = sum_ptr[g]
+        e1 = sum_ptr[g + 1]
+        e2 = e0 + ((e1 - e0) & ~1)
+        for e in range(e0, e2, 2):
+            s0 += qv[qmap[sum_terms[e]]] * np.float32(sum_vals[e])
+            s1 += qv[qmap[sum_terms[e + 1]]] * np.float32(sum_vals[e + 1])
+        if e2 < e1:
+            s0 += qv[qmap[sum_terms[e2]]] * np.float32(sum_vals[e2])
+        # a block without a summary (too small to need one) is always scanned
+        bscore[b] = (s0 + s1) * block_scale[g] if e1 > e0 else np.float32(np.inf)
     return nb
 
 
@@ -265,29 +292,29 @@ def _sift_down_blocks(order, n, i, bscore):  # noqa: ANN001, ANN202
     order[i] = x
 
 
+@njit(cache=True, inline="always")
+def _rescore(n, hs, hd, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap, qv):  # noqa: ANN001, ANN202
+    """Replace the heap's scores by exact ones (its order is restored by _heap_emit's sort)."""
+    for i in range(n):
+        hs[i] = _exact_score(hd[i], fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap, qv)
+
+
 @njit(cache=True)
-def _search_one(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
-                fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, pf_lines,
-                list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale,
-                list_dict_ptr, dict_terms, list_ent_ptr, dict_ent_end, ent,
-                knn, allowed, use_allowed,
-                qmap8, qmap32, qv, visited, stamp, bscore, border, hs, hd, out_ids, out_scores):  # noqa: ANN001, ANN202
-    """Approximate top-k of one query (terms sorted ascending, unique, weights > 0)."""
+def _search_q(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
+              fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines, lo_ptr, lo,
+              list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale, sum_ptr, sum_terms, sum_vals,
+              knn, allowed, use_allowed, qmap, qv, visited, cur, bscore, border, hs, hd):  # noqa: ANN001, ANN202
     nq = q_terms.shape[0]
-    cur = _next_stamp(visited, stamp)
-    big = _set_query(q_terms, q_vals, qmap8, qmap32, qv, True)
-    # heaviest query terms first (stable: ties keep ascending term order)
-    by_weight = np.argsort(-q_vals, kind="mergesort")
+    by_weight = np.argsort(-q_vals, kind="mergesort")  # heaviest query terms first (ties: ascending term)
     n = 0
-    for r in range(min(query_cut, nq)):
+    nl = min(query_cut, nq)
+    for r in range(nl):
         t = q_terms[by_weight[r]]
-        nb = _score_blocks(t, q_terms, q_vals, list_block_ptr, list_dict_ptr, dict_terms, list_ent_ptr,
-                           dict_ent_end, ent, block_scale, bscore)
+        if r + 1 < nl:  # fetch the next list's summaries while this list is scored and scanned
+            _prefetch_list(q_terms[by_weight[r + 1]], list_block_ptr, sum_ptr, sum_terms, sum_vals)
+        nb = _score_blocks(t, list_block_ptr, sum_ptr, sum_terms, sum_vals, block_scale, qmap, qv, bscore)
         if nb == 0:
             continue
-        if r + 1 < min(query_cut, nq):  # fetch the next list's summary dictionary during this list's scan
-            _prefetch_list(q_terms[by_weight[r + 1]], list_block_ptr, list_dict_ptr, dict_terms, block_scale,
-                           block_doc_ptr)
         b0 = list_block_ptr[t]
         # lazy max-heap over blocks: pop the best remaining block until one can be skipped
         for b in range(nb):
@@ -296,7 +323,7 @@ def _search_one(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
             _sift_down_blocks(border, nb, i, bscore)
         g = b0 + border[0]
         for p in range(block_doc_ptr[g], min(block_doc_ptr[g + 1], block_doc_ptr[g] + PREFETCH_AHEAD)):
-            _prefetch_record(fwd_buf, block_offs[p], pf_lines)
+            _prefetch_record(fwd16, block_offs[p], pf_lines)
         m = nb
         while m > 0:
             b = border[0]
@@ -312,13 +339,9 @@ def _search_one(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
                 gn = b0 + border[0]
                 pn = block_doc_ptr[gn]
                 for p in range(pn, min(block_doc_ptr[gn + 1], pn + PREFETCH_AHEAD)):
-                    _prefetch_record(fwd_buf, block_offs[p], pf_lines)
-            if big:
-                n = _scan_block(p0, p1, block_docs, block_offs, fwd_buf, fwd_t, fwd_v, tshift, pf_lines, qmap32, qv,
-                                visited, cur, allowed, use_allowed, hs, hd, n, k)
-            else:
-                n = _scan_block(p0, p1, block_docs, block_offs, fwd_buf, fwd_t, fwd_v, tshift, pf_lines, qmap8, qv,
-                                visited, cur, allowed, use_allowed, hs, hd, n, k)
+                    _prefetch_record(fwd16, block_offs[p], pf_lines)
+            n = _scan_block(p0, p1, block_docs, block_offs, fwd16, fwd32, fwd_t, tshift, pf_lines, qmap, qv,
+                            visited, cur, allowed, use_allowed, hs, hd, n, k)
     if n_knn > 0 and knn.shape[1] > 0 and n > 0:
         # kNN refinement (Bruch et al., CIKM 2024): score the neighbours of the current results
         base = hd[:n].copy()
@@ -333,66 +356,89 @@ def _search_one(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
                 visited[d] = cur
                 if use_allowed and not allowed[d]:
                     continue
-                if big:
-                    s = _doc_score(fwd_ptr[d], fwd_buf, fwd_t, fwd_v, tshift, qmap32, qv)
-                else:
-                    s = _doc_score(fwd_ptr[d], fwd_buf, fwd_t, fwd_v, tshift, qmap8, qv)
+                s = _doc_score(fwd_ptr[d], fwd16, fwd32, fwd_t, tshift, qmap, qv)
                 if s > 0.0:
                     n = _heap_push(hs, hd, n, k, s, d)
-    _set_query(q_terms, q_vals, qmap8, qmap32, qv, False)
-    return _heap_emit(hs, hd, n, out_ids, out_scores)
+    _rescore(n, hs, hd, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap, qv)
+    return n
 
 
 @njit(cache=True, nogil=True)
 def search_range(q_ptr, q_terms, q_vals, start, stop, k, query_cut, heap_factor, n_knn,
-                 fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, pf_lines,
-                 list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale,
-                 list_dict_ptr, dict_terms, list_ent_ptr, dict_ent_end, ent,
+                 fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines, lo_ptr, lo,
+                 list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale, sum_ptr, sum_terms, sum_vals,
                  knn, allowed, use_allowed,
                  qmap8, qmap32, qv, visited, stamp, bscore, border, out_ids, out_scores):  # noqa: ANN001, ANN202
     """Approximate search of queries [start, stop) of a CSR batch into the same rows of
-    out_ids/out_scores; returns the last query's hit count."""
-    hs = np.empty(k, dtype=np.float32)
-    hd = np.empty(k, dtype=np.int64)
+    out_ids/out_scores; returns the last query's hit count. One call into numba per batch."""
+    kh = heap_size(k)
+    hs = np.empty(kh, dtype=np.float32)
+    hd = np.empty(kh, dtype=np.int64)
     n = 0
     for i in range(start, stop):
         a = q_ptr[i]
         z = q_ptr[i + 1]
-        n = _search_one(q_terms[a:z], q_vals[a:z], k, query_cut, heap_factor, n_knn,
-                    fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, pf_lines,
-                    list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale,
-                    list_dict_ptr, dict_terms, list_ent_ptr, dict_ent_end, ent,
-                    knn, allowed, use_allowed,
-                    qmap8, qmap32, qv, visited, stamp, bscore, border, hs, hd, out_ids[i], out_scores[i])
+        qt = q_terms[a:z]
+        qw = q_vals[a:z]
+        cur = _next_stamp(visited, stamp)
+        if _set_query(qt, qw, qmap8, qmap32, qv, True):
+            n = _search_q(qt, qw, kh, query_cut, heap_factor, n_knn, fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines,
+                          lo_ptr, lo, list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale, sum_ptr,
+                          sum_terms, sum_vals, knn, allowed, use_allowed, qmap32, qv, visited, cur, bscore, border,
+                          hs, hd)
+        else:
+            n = _search_q(qt, qw, kh, query_cut, heap_factor, n_knn, fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines,
+                          lo_ptr, lo, list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale, sum_ptr,
+                          sum_terms, sum_vals, knn, allowed, use_allowed, qmap8, qv, visited, cur, bscore, border,
+                          hs, hd)
+        _set_query(qt, qw, qmap8, qmap32, qv, False)
+        n = _heap_emit(hs, hd, n, out_ids[i], out_scores[i])
     return n
 
 
 @njit(cache=True, inline="always")
-def _exact_scan(order, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap, qv, allowed, use_allowed, hs, hd, k):  # noqa: ANN001, ANN202
+def _taat(qt, qw, k, col_ptr, col_docs, col_vals, allowed, use_allowed, acc, touched, hs, hd):  # noqa: ANN001, ANN202
+    """Term-at-a-time over the full posting lists: accumulate into `acc` (zero between queries),
+    then select the top k of the touched documents and clear what was used."""
+    nt = 0
+    for j in range(qt.shape[0]):
+        t = qt[j]
+        w = qw[j]
+        for p in range(col_ptr[t], col_ptr[t + 1]):
+            d = col_docs[p]
+            if acc[d] == 0.0:
+                touched[nt] = d
+                nt += 1
+            acc[d] += w * col_vals[p]
     n = 0
-    for d in order:  # storage order: the scan reads the forward buffer sequentially
-        if use_allowed and not allowed[d]:
-            continue
-        s = _doc_score(fwd_ptr[d], fwd_buf, fwd_t, fwd_v, tshift, qmap, qv)
-        if s > 0.0:
-            n = _heap_push(hs, hd, n, k, s, d)
+    for i in range(nt):
+        d = touched[i]
+        s = acc[d]
+        acc[d] = 0.0
+        if s > 0.0 and (not use_allowed or allowed[d]):
+            if n < k or not _worse(s, d, hs[0], hd[0]):
+                n = _heap_push(hs, hd, n, k, s, d)
     return n
 
 
 @njit(cache=True, nogil=True)
-def exact_range(q_ptr, q_terms, q_vals, start, stop, k, order, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift,
-                allowed, use_allowed, qmap8, qmap32, qv, out_ids, out_scores):  # noqa: ANN001, ANN202
-    """Brute force over the forward index: the ground truth the approximate search is judged by."""
-    hs = np.empty(k, dtype=np.float32)
-    hd = np.empty(k, dtype=np.int64)
+def exact_range(q_ptr, q_terms, q_vals, start, stop, k, col_ptr, col_docs, col_vals,
+                fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo,
+                allowed, use_allowed, qmap8, qmap32, qv, acc, touched, out_ids, out_scores):  # noqa: ANN001, ANN202
+    """Exact top-k: term-at-a-time accumulation over full posting lists with exact float32 weights,
+    then the k best rescored in storage order (the same float32 sum as approximate mode)."""
+    kh = heap_size(k)
+    hs = np.empty(kh, dtype=np.float32)
+    hd = np.empty(kh, dtype=np.int64)
     n = 0
     for i in range(start, stop):
         qt = q_terms[q_ptr[i]:q_ptr[i + 1]]
         qw = q_vals[q_ptr[i]:q_ptr[i + 1]]
+        n = _taat(qt, qw, kh, col_ptr, col_docs, col_vals, allowed, use_allowed, acc, touched, hs, hd)
         if _set_query(qt, qw, qmap8, qmap32, qv, True):
-            n = _exact_scan(order, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap32, qv, allowed, use_allowed, hs, hd, k)
+            _rescore(n, hs, hd, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap32, qv)
         else:
-            n = _exact_scan(order, fwd_ptr, fwd_buf, fwd_t, fwd_v, tshift, qmap8, qv, allowed, use_allowed, hs, hd, k)
+            _rescore(n, hs, hd, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap8, qv)
         _set_query(qt, qw, qmap8, qmap32, qv, False)
         n = _heap_emit(hs, hd, n, out_ids[i], out_scores[i])
     return n
