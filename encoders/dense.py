@@ -21,7 +21,7 @@ class DenseEncoder(SentenceTransformersEncoder):
         >>> encoder.encode_queries(["high blood pressure"]).shape
         (1, 384)
 
-    Documents (``backend="auto"``, the default): int8 ONNX Runtime on CPU, torch with fp16 autocast on a GPU,
+    Documents (``backend="auto"``, the default): int8 ONNX Runtime on CPU, torch with bf16 autocast on a GPU,
     in length-bucketed batches (see `trident_search.encoders.sparse.SparseEncoder`); ``backend="torch"``
     keeps them in torch. Queries: torch, or with ``backend="onnx"`` the int8 graph (a few ms per query on one
     CPU thread instead of ~16 ms with torch).

@@ -37,10 +37,10 @@ class SparseEncoder(SentenceTransformersEncoder):
         [('pressure', 2.66), ('high', 2.12)]
 
     Documents (``backend="auto"``, the default): on CPU through the cached int8 per-channel ONNX Runtime graph
-    on every core, on a GPU through torch with fp16 autocast and the max-pooling and ``doc_top_k`` done on the
-    GPU; both in length-bucketed, dynamically padded batches with tokenisation in a prefetch thread
+    on every core, on a GPU through torch (fp32, measured faster there than fp16/bf16 autocast for SPLADE-tiny)
+    with the max-pooling and ``doc_top_k`` done on the GPU; both in length-bucketed, dynamically padded batches with tokenisation in a prefetch thread
     (`trident_search.encoders.pipeline`). ``backend="torch"`` keeps documents in torch (fp32 on CPU).
-    ``document_backend`` names the path taken (``onnx-int8``, ``torch-fp32``, ``torch-fp16``...).
+    ``document_backend`` names the path taken (``onnx-int8``, ``torch-fp32``, ``torch-bf16``...).
 
     Queries: torch, or with ``backend="onnx"`` the same int8 graph (about 1-2 ms per query on one CPU thread).
     """
