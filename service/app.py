@@ -52,6 +52,7 @@ from trident_search.service.lifecycle import (
     watch_signals,
 )
 from trident_search.service.metrics import Metrics
+from trident_search.service.builds import builds_router
 from trident_search.service.writes import writes_router
 from trident_search.service.routes import (
     SearchEngine,
@@ -460,6 +461,7 @@ def create_app(
     v1.include_router(writes_router(lease))  # live writes (service/writes.py)
     v1.include_router(index_router(lease))
     v1.include_router(admin_router(do_reload))
+    v1.include_router(builds_router(settings, do_reload))  # POST /v1/admin/builds (service/builds.py)
     app.include_router(v1)
     app.include_router(ops_router(settings, ready, metrics))
     app.include_router(page_router(settings))  # the search page at / (service/static/)
