@@ -236,7 +236,7 @@ def _request_model(specs: tuple[tuple[str, type[RetrieverOptions]], ...]) -> typ
     name_type = Literal[names]  # type: ignore[valid-type]
     fields: dict[str, Any] = {
         "mode": (mode, Field("hybrid", description="One retriever, or `hybrid` to fuse several.")),
-        "retrievers": (list[name_type] | None, Field(  # type: ignore[valid-type]
+        "retrievers": (list[name_type] | None, Field(
             None, min_length=1, description="Hybrid mode only: fuse just these retrievers.")),
     }
     for name, options in specs:

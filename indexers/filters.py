@@ -377,7 +377,10 @@ _COMPARE = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.
 def range_rows(col: Column, op: str, bound: Any) -> np.ndarray:
     """Rows whose value satisfies ``value <op> bound`` (numbers vs numbers, ISO dates vs dates)."""
     if isinstance(bound, str):
-        values, b = col.date, iso_date(bound)
+        date = iso_date(bound)
+        if date is None:  # parse() lets only ISO dates through
+            raise FilterError(f"{bound!r} is not an ISO 8601 date")
+        values, b = col.date, date
     else:
         values, b = np.where(col.kind == NUM, col.num, np.nan), float(bound)
     with np.errstate(invalid="ignore"):
