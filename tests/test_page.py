@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import require
 from trident_search.service.app import create_app
 from trident_search.settings import Settings
+
+from conftest import require
 
 KEY = "page-key-123"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
