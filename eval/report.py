@@ -151,9 +151,9 @@ def _tuning_lines(t: dict[str, Any]) -> list[str]:
         lines.append(f"- best {method} on {t['split']}: {score:.4f} with `{settings}`")
     if "adopted" in t:
         cv = t.get("cv") or {}
-        verdict = "**adopted** as the served default" if t["adopted"] else "**not adopted**: the served " \
+        verdict = "**adopted** as the served default" if t["adopted"] else "**not adopted**, the served " \
             "default stays"
-        lines += ["", f"Decision: {verdict}. {t['reason']}."]
+        lines += ["", f"Decision: {verdict}: {t['reason']}."]
         if cv:
             lines.append(f"Cross-validation: {cv['folds']} folds over {cv['queries']} {t['split']} queries, "
                          f"out-of-fold tuned {cv['mean']:.4f} vs served default `{cv['default']}` "
