@@ -252,11 +252,21 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
                     if vals[i] >= cut:
                         keep_t[nk] = touched[i]
                         nk += 1
+            corr = np.float32(1.0)
             if nk > max_summary:  # keep the heaviest max_summary entries
                 order = np.argsort(-maxv[keep_t[:nk]], kind="mergesort")
+                mass_cut = 0.0
+                for i in range(nk):
+                    mass_cut += maxv[keep_t[i]]
                 sel = keep_t[:nk][order[:max_summary]].copy()
                 nk = max_summary
                 keep_t[:nk] = sel
+                mass_kept = 0.0
+                for i in range(nk):
+                    mass_kept += maxv[keep_t[i]]
+                # the dropped entries would have added to the score: scale the kept ones up so the
+                # summary keeps the energy cut's L1 mass (a heuristic, like the energy cut itself)
+                corr = np.float32(mass_cut / mass_kept)
             kt = np.sort(keep_t[:nk])
             scale = np.float32(top / 255.0) if top > 0 else np.float32(1.0)
             sum_terms = _grow(sum_terms, ns, nk)
@@ -269,7 +279,7 @@ def build_lists(lists, post_ptr, post_docs, fwd_ptr, fwd_terms, fwd_vals, top_t,
                 sum_vals[ns] = np.uint8(min(255.0, max(1.0, q)))
                 ns += 1
             block_size[nbk] = s1 - s0
-            block_scale[nbk] = scale
+            block_scale[nbk] = scale * corr
             block_nsum[nbk] = nk
             nbk += 1
             nb += 1
