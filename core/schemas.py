@@ -89,6 +89,11 @@ class FacetRange(_Strict):
     def bounds(self) -> dict[str, Any]:
         return {op: v for op in ("gt", "gte", "lt", "lte") if (v := getattr(self, op)) is not None}
 
+    @field_validator("key")
+    @classmethod
+    def _key_text(cls, v: str | None) -> str | None:
+        return None if v is None else _valid_unicode(v)
+
     @model_validator(mode="after")
     def _check(self) -> FacetRange:
         from trident_search.indexers.filters import iso_date
