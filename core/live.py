@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+WRITE_DEVICE_ENV = "TRIDENT_WRITE_DEVICE"
+"""Device of the document encoders of live writes (cpu, cuda, cuda:N); default cpu."""
 MERGE_DELTA_MIN = 10_000
 MERGE_DELTA_FRACTION = 0.1
 """A merge starts when a delta holds more than max(MERGE_DELTA_MIN, MERGE_DELTA_FRACTION x documents) rows..."""
@@ -143,7 +145,8 @@ class LiveWriter:
         with self._encode_lock:
             if self._encoders is None:
                 manifest = self.index.manifest
-                self._encoders = {n: get(n).live_encoder(manifest) for n in self.index.parts}
+                device = os.environ.get(WRITE_DEVICE_ENV, "").strip() or "cpu"
+                self._encoders = {n: get(n).live_encoder(manifest, device=device) for n in self.index.parts}
             return self._encoders
 
     def encode(self, docs: Sequence[Document]) -> dict[str, Any]:

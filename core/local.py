@@ -298,6 +298,7 @@ class LocalIndex:
         return {
             "path": str(self.path),
             "doc_count": self.manifest.doc_count if self.live is None else self.live.stats()["live_documents"],
+            "live": None if self.live is None else self.live.stats(),
             "query_encoders": {n: e.description for n, e in self.encoders.items()},
             "manifest": self.manifest.to_dict(),
         }

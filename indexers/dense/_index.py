@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -98,6 +98,7 @@ class DenseIndex:
         if not self.index.is_trained:
             raise DenseIndexError("the dense index is not trained; it cannot take writes")
         self.index.add(x)
+        self.params = replace(self.params, ntotal=int(self.index.ntotal))
 
     @classmethod
     def build(
