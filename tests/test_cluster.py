@@ -14,17 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
 
 from trident_search.cluster.build import build_sharded
 from trident_search.cluster.layout import ShardedManifest, is_sharded, shard_of
 from trident_search.cluster.local import LocalCluster, leftover_processes, local_cluster
 from trident_search.cluster.serving import connect_sharded, merge_runs
-from trident_search.indexers.build import BuildConfig, build_index
 from trident_search.core.engine import Engine
 from trident_search.core.local import LocalIndex
-from trident_search.errors import InvalidRequestError, NotFoundError
 from trident_search.core.schemas import SearchRequest, SearchResponse
+from trident_search.errors import InvalidRequestError, NotFoundError
+from trident_search.indexers.build import BuildConfig, build_index
+
+from conftest import require
 
 N_DOCS = 60
 N_SHARDS = 2
