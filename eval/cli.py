@@ -45,7 +45,7 @@ def beir(
     index: Path | None = typer.Option(None, help="An index directory built from this dataset's corpus."),
     build: bool = typer.Option(False, "--build", help="Build the index first (into --index, or indexes/<name>)."),
     modes: str = typer.Option(
-        "bm25,sparse,sparse-exact,dense,rrf,interpolation",
+        "bm25,sparse,sparse-exact,dense,rrf,interpolation,hybrid",
         help="Comma-separated: bm25, sparse, sparse-exact, dense, rrf, interpolation, dbsf, rrf-tuned, "
         "interpolation-tuned, hybrid (exactly what a plain hybrid request gets from the server, manifest "
         "defaults included). Modes whose retriever the index lacks are an error.",
@@ -98,8 +98,6 @@ def beir(
     started = time.perf_counter()
     try:
         wanted = parse_modes(modes)
-        if baseline is not None and baseline not in wanted:
-            raise EvalError(f"--baseline {baseline} is not among the modes run ({', '.join(wanted)})")
         if write_manifest and tune_on is None:
             raise EvalError("--write-manifest stores what --tune-on decides: pass --tune-on train (or dev)")
         if tune_on is not None and tune_on == split:
@@ -115,13 +113,15 @@ def beir(
     if max_queries:
         queries = dict(list(queries.items())[:max_queries])
         qrels = {q: qrels[q] for q in queries}
+    if tune_on:
+        wanted += [m for m in ("rrf-tuned", "interpolation-tuned", "hybrid") if m not in wanted]
+    if baseline is not None and baseline not in wanted:
+        raise _fail(f"--baseline {baseline} is not among the modes run ({', '.join(wanted)})")
     if index is None and not build:
         raise _fail("pass --index DIR (an index of this dataset's corpus) or --build to build one")
     index_dir = index or Path("indexes") / ds.name
     if build:
         _build(ds.corpus, index_dir)
-    if tune_on:
-        wanted += [m for m in ("rrf-tuned", "interpolation-tuned", "hybrid") if m not in wanted]
 
     from trident_search.core.engine import Engine
     from trident_search.core.tuned import TunedFusion

@@ -101,7 +101,7 @@ def modes() -> dict[str, Mode]:
     return {m.name: m for m in out}
 
 
-DEFAULT_MODES = ("bm25", "sparse", "sparse-exact", "dense", "rrf", "interpolation")
+DEFAULT_MODES = ("bm25", "sparse", "sparse-exact", "dense", "rrf", "interpolation", "hybrid")
 
 
 def parse_modes(spec: str) -> list[str]:
