@@ -167,6 +167,8 @@ class DenseRetriever(Retriever):
         return DenseDocumentEncoder(DenseEncoder(
             ctx.params.get("model"), device=ctx.device, max_length=ctx.max_length,
             batch_size=ctx.batch_size, threads=ctx.threads,
+            backend=ctx.params.get("backend") or "auto", precision=ctx.params.get("precision") or "auto",
+            token_budget=ctx.params.get("token_budget"),
         ))
 
     def write(self, out: Path, ctx: BuildContext, *, docs: Callable[[], Iterator[Document]],

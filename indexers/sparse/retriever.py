@@ -184,6 +184,8 @@ class SparseRetriever(Retriever):
         return SparseDocumentEncoder(SparseEncoder(
             ctx.params.get("model"), doc_top_k=ctx.params.get("doc_top_k"), device=ctx.device,
             max_length=ctx.max_length, batch_size=ctx.batch_size, threads=ctx.threads,
+            backend=ctx.params.get("backend") or "auto", precision=ctx.params.get("precision") or "auto",
+            token_budget=ctx.params.get("token_budget"),
         ))
 
     def write(self, out: Path, ctx: BuildContext, *, docs: Callable[[], Iterator[Document]],
