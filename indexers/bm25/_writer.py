@@ -66,7 +66,7 @@ def reconcile(path: Path) -> None:
     try:
         reader = jvm.autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
         try:
-            n = int(reader.numDocs())
+            n = int(reader.maxDoc())
         finally:
             reader.close()
     finally:
@@ -75,6 +75,8 @@ def reconcile(path: Path) -> None:
 
 
 def _write_count(path: Path, n: int) -> None:
+    """Record ``n`` (Lucene's maxDoc: deleted documents count until merged away) as the params
+    file's document count, which the loader compares with ``SimpleSearcher.get_total_num_docs``."""
     params = json.loads((path / PARAMS_FILE).read_text(encoding="utf-8"))
     if params.get("documents") == n:
         return
@@ -214,7 +216,7 @@ class BM25Writer:
         data.put(SEQ_KEY, str(int(seq)))
         self.writer.setLiveCommitData(data.entrySet())
         self.writer.commit()
-        _write_count(self.index.path, int(self.writer.getDocStats().numDocs))
+        _write_count(self.index.path, int(self.writer.getDocStats().maxDoc))
 
     def merge(self, seq: int, resolve: Callable[[Sequence[str]], np.ndarray]) -> None:
         """Expunge deleted documents (their statistics go with them), commit, swap the reader in.
