@@ -166,7 +166,7 @@ def _read_beir(root: Path, split: str) -> tuple[dict[str, str], dict[str, dict[s
 def ndcg_at_10(qrels: dict[str, dict[str, int]], qids: list[str], doc_ids: list[str], scores: np.ndarray) -> float:
     """trec_eval ndcg_cut_10 (gain = grade, log2 discount; ties by docid descending), mean over ``qids``."""
     total = 0.0
-    for qid, row in zip(qids, scores):
+    for qid, row in zip(qids, scores, strict=True):
         top = np.argpartition(-row, min(100, len(row) - 1))[:100]
         ranked = sorted(((float(row[i]), doc_ids[i]) for i in top), reverse=True)[:10]
         judged = qrels.get(qid, {})
@@ -205,9 +205,9 @@ def documents_bench(kind: str, model: str | None, texts: list[str], args: argpar
     for label, options in variants:
         if label == "anchor":
             encoder = reference
-            encoder._encode_torch(texts[:64], document=True)  # warm-up
-            vectors, seconds = _timed(lambda t: encoder._encode_torch(t, document=True), texts[: args.anchor_docs])
-            backend = f"sentence-transformers torch-fp32 (batch {encoder.batch_size})"
+            reference._encode_torch(texts[:64], document=True)  # warm-up
+            vectors, seconds = _timed(lambda t: reference._encode_torch(t, document=True), texts[: args.anchor_docs])
+            backend = f"sentence-transformers torch-fp32 (batch {reference.batch_size})"
             stages: dict[str, float] = {}
             n = min(len(texts), args.anchor_docs)
         else:

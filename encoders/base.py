@@ -3,11 +3,12 @@ choice of document backend (int8 ONNX Runtime on CPU by default, torch on a GPU 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from trident_search.encoders.errors import EncoderConfigError, EncoderError
 from trident_search.encoders.models import ModelSource, load_sentence_transformers, resolve_model
-from trident_search.encoders.errors import EncoderConfigError
 from trident_search.encoders.onnx import OnnxQueryModel
 from trident_search.encoders.runtime import (
     check_backend,
@@ -18,6 +19,8 @@ from trident_search.encoders.runtime import (
     set_max_length,
     torch_threads,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class SentenceTransformersEncoder:
@@ -54,7 +57,8 @@ class SentenceTransformersEncoder:
         self._model, self._source = load_sentence_transformers(model_cls, source, self.device)
         set_max_length(self._model, max_length)
         self._onnx: OnnxQueryModel | None = None
-        self._documents: Any = None  # a runner from encoders.documents, or None for sentence-transformers
+        self._documents: Any = None  # a runner from encoders.documents, built on first use
+        self._build_documents: Any = None  # its factory; None: sentence-transformers' own encode_document
         self.document_backend = "sentence-transformers"
 
     def _attach_onnx(self) -> None:
@@ -90,12 +94,21 @@ class SentenceTransformersEncoder:
         if use_onnx:
             if self.precision not in ("auto", "int8"):
                 raise EncoderConfigError(f"precision={self.precision!r} does not apply to the int8 ONNX backend")
-            with torch_threads(self.threads):
-                graph = cached_graph(self._model, self._source)
-            self._documents = OnnxDocumentRunner(
-                graph.path, tokenizer, graph.input_names, sparse=pooling == "splade", width=width,
-                threads=self.threads, token_budget=self.token_budget, max_batch=self.batch_size,
-            )
+            self.document_backend = "onnx-int8"
+
+            def build() -> Any:
+                try:
+                    with torch_threads(self.threads):
+                        graph = cached_graph(self._model, self._source)
+                except EncoderError as exc:
+                    if self.requested_backend == "onnx":
+                        raise
+                    logger.warning("int8 ONNX documents unavailable (%s); encoding documents with torch fp32", exc)
+                    return torch_runner("fp32")
+                return OnnxDocumentRunner(
+                    graph.path, tokenizer, graph.input_names, sparse=pooling == "splade", width=width,
+                    threads=self.threads, token_budget=self.token_budget, max_batch=self.batch_size,
+                )
         else:
             precision = self.precision
             if precision == "auto":
@@ -105,12 +118,26 @@ class SentenceTransformersEncoder:
                 precision = "bf16" if self.device.startswith("cuda") and pooling != "splade" else "fp32"
             if precision == "int8":
                 raise EncoderConfigError("precision='int8' needs the ONNX backend (backend='onnx' or 'auto' on CPU)")
-            self._documents = TorchDocumentRunner(
+            self.document_backend = f"torch-{precision}"
+
+            def build() -> Any:
+                return torch_runner(precision)
+
+        def torch_runner(precision: str) -> Any:
+            return TorchDocumentRunner(
                 self._model[0].model, tokenizer, input_names, pooling=pooling, width=width, device=self.device,
                 precision=precision, threads=self.threads, token_budget=self.token_budget,
                 max_batch=self.batch_size, top_k=top_k,
             )
-        self.document_backend = self._documents.backend
+
+        self._build_documents = build
+
+    def _document_runner(self) -> Any:
+        """The document runner, built on first use (query-only encoders never pay for a document session)."""
+        if self._documents is None and self._build_documents is not None:
+            self._documents = self._build_documents()
+            self.document_backend = self._documents.backend
+        return self._documents
 
     def describe(self) -> dict[str, Any]:
         """What a build manifest records about this encoder: the model and how documents were encoded."""
@@ -121,6 +148,11 @@ class SentenceTransformersEncoder:
     def stage_times(self) -> dict[str, float]:
         """Per-stage seconds of the last `encode_documents` call (empty for the sentence-transformers path)."""
         return self._documents.times.as_dict() if self._documents is not None else {}
+
+    @property
+    def uses_pipeline(self) -> bool:
+        """True when documents go through `trident_search.encoders.pipeline` (any model it knows)."""
+        return self._build_documents is not None
 
     @property
     def name(self) -> str:

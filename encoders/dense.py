@@ -57,9 +57,9 @@ class DenseEncoder(SentenceTransformersEncoder):
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Encode documents (join title and body with `trident_search.encoders.text.document_text` first): ``(n, dim)``."""
         items = check_texts(texts)
-        if self._documents is None or not items:
+        if not self.uses_pipeline or not items:
             return self._encode_torch(items, document=True)
-        return self._documents.encode(items)
+        return self._document_runner().encode(items)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Encode queries (through ONNX Runtime when ``backend="onnx"``): ``(n, dim)``."""

@@ -38,8 +38,9 @@ class SparseEncoder(SentenceTransformersEncoder):
 
     Documents (``backend="auto"``, the default): on CPU through the cached int8 per-channel ONNX Runtime graph
     on every core, on a GPU through torch (fp32, measured faster there than fp16/bf16 autocast for SPLADE-tiny)
-    with the max-pooling and ``doc_top_k`` done on the GPU; both in length-bucketed, dynamically padded batches with tokenisation in a prefetch thread
-    (`trident_search.encoders.pipeline`). ``backend="torch"`` keeps documents in torch (fp32 on CPU).
+    with the max-pooling and ``doc_top_k`` done on the GPU; both in length-bucketed, dynamically padded batches
+    with tokenisation in a prefetch thread (`trident_search.encoders.pipeline`). ``backend="torch"`` keeps
+    documents in torch (fp32 on CPU).
     ``document_backend`` names the path taken (``onnx-int8``, ``torch-fp32``, ``torch-bf16``...).
 
     Queries: torch, or with ``backend="onnx"`` the same int8 graph (about 1-2 ms per query on one CPU thread).
@@ -88,11 +89,11 @@ class SparseEncoder(SentenceTransformersEncoder):
     def encode_documents(self, texts: Sequence[str]) -> sp.csr_matrix:
         """Encode documents (join title and body with `trident_search.encoders.text.document_text` first); keeps ``doc_top_k``."""
         items = check_texts(texts)
-        if self._documents is None:
+        if not self.uses_pipeline:
             return prune_top_k(self._encode_torch(items, document=True), self.doc_top_k)
         if not items:
             return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
-        return prune_top_k(self._documents.encode(items), self.doc_top_k)
+        return prune_top_k(self._document_runner().encode(items), self.doc_top_k)
 
     def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
         """Encode queries (through ONNX Runtime when ``backend="onnx"``); keeps ``query_top_k``."""

@@ -13,8 +13,21 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from trident_search.encoders import DenseEncoder, EncoderConfigError, EncoderError, ModelLoadError, SparseEncoder, document_text
-from trident_search.encoders.models import DENSE_DEFAULT, SPARSE_DEFAULT, carried_model_dir, folder_revision, resolve_model
+from trident_search.encoders import (
+    DenseEncoder,
+    EncoderConfigError,
+    EncoderError,
+    ModelLoadError,
+    SparseEncoder,
+    document_text,
+)
+from trident_search.encoders.models import (
+    DENSE_DEFAULT,
+    SPARSE_DEFAULT,
+    carried_model_dir,
+    folder_revision,
+    resolve_model,
+)
 from trident_search.encoders.pipeline import StageTimes, batches, plan_batches
 from trident_search.encoders.sparse import prune_top_k
 
@@ -469,7 +482,18 @@ def test_demo_quality_onnx_documents_match_torch(
             scores[backend] = product.toarray() if sp.issparse(product) else np.asarray(product)
         ndcg = {backend: _ndcg_at_10(qrels, qids, doc_ids, value) for backend, value in scores.items()}
         top = [np.argsort(-scores[b], axis=1, kind="stable")[:, :10] for b in ("torch", "onnx")]
-        overlap = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(*top)]))
-        logging.getLogger(__name__).info("demo documents %s: nDCG@10 %s, top-10 overlap %.3f", exact.name, ndcg, overlap)
+        overlap = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(*top, strict=True)]))
+        logging.getLogger(__name__).info("demo documents %s: nDCG@10 %s, top-10 overlap %.3f", exact.name, ndcg,
+                                         overlap)
         assert abs(ndcg["onnx"] - ndcg["torch"]) < 0.01, ndcg
         assert overlap > 0.85, overlap
+
+
+def test_document_runner_is_lazy_and_auto_falls_back_to_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TRIDENT_CACHE", str(blocker))
+    encoder = DenseEncoder(device="cpu", threads=1)  # auto: no export yet, so no error yet
+    assert encoder._documents is None and encoder.document_backend == "onnx-int8"
+    vectors = encoder.encode_documents(DOCS[:2])  # the export fails: documents fall back to torch fp32
+    assert vectors.shape == (2, 384) and encoder.describe()["backend"] == "torch-fp32"
