@@ -166,7 +166,8 @@ def start() -> None:
         os.environ.update({k: v for k, v in java_env(home).items() if k in ("JAVA_HOME", "PATH")})
         if "JVM_PATH" in os.environ:  # jnius would load a stale JVM_PATH before JAVA_HOME's libjvm
             os.environ["JVM_PATH"] = str(_libjvm(home))
-        jnius_config.set_options(f"-Xmx{heap}", "-Dfile.encoding=UTF-8", "-Djava.awt.headless=true")
+        # -Xrs: the JVM leaves SIGTERM/SIGINT to Python, so the server's graceful drain runs.
+        jnius_config.set_options(f"-Xmx{heap}", "-Xrs", "-Dfile.encoding=UTF-8", "-Djava.awt.headless=true")
         jnius_config.set_classpath(str(jar), str(ours))
         import jnius  # noqa: F401  (importing jnius boots the JVM)
 
