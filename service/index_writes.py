@@ -21,6 +21,26 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _check_free(index: Path) -> None:
+    """Fail fast (before loading any model) when another process holds the index."""
+    import fcntl
+    import os
+
+    from trident_search.core.local import LOCK_FILE
+
+    try:
+        fd = os.open(index / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return  # read-only or missing: opening the index says what is wrong
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        _fail(f"another process (a server?) has {index} open; stop it, or write through its REST API "
+              "(PUT/POST/DELETE /v1/documents)")
+    finally:
+        os.close(fd)
+
+
 def add(
     corpus: Path = typer.Argument(..., help="JSONL documents (corpus lines: _id, title, text, metadata)."),
     index: Path = INDEX,
@@ -31,6 +51,7 @@ def add(
     from trident_search.errors import TridentError
     from trident_search.indexers.corpus import iter_corpus
 
+    _check_free(index)
     start, done = time.perf_counter(), 0
     try:
         opened = LocalIndex.open(index)
@@ -56,6 +77,7 @@ def delete(
     from trident_search.errors import TridentError
 
     wanted = [line.strip() for line in ids.read_text(encoding="utf-8").splitlines() if line.strip()]
+    _check_free(index)
     try:
         opened = LocalIndex.open(index)
         try:

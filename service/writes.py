@@ -62,8 +62,11 @@ class LiveInfo(BaseModel):
     internal_ids: int
     live_documents: int
     deleted_documents: int
-    delta: dict[str, int]
-    last_merge: float | None
+    delta: dict[str, int] = Field(description="Rows in each retriever's delta (written since the last merge).")
+    last_merge: float | None = Field(None, description="Unix time of the last merge in this process.")
+    merges: int = 0
+    generations: dict[str, str] = Field(default_factory=dict, description="Each retriever's serving "
+                                        "generation folder (`build`: the batch build's).")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -142,6 +142,12 @@ def test_bulk_with_a_bad_item_applies_nothing(server: Server) -> None:
         docs[1]["text"] = "tundra"
         assert c.post("/documents", json={"documents": docs}).json()["upserted"] == 2
         assert c.get("/documents/bulk-2").json()["text"] == "tundra"
+        # the CLI refuses an index a server holds
+        corpus = server.log.parent / "add.jsonl"
+        corpus.write_text(json.dumps({"_id": "cli-1", "text": "x"}) + "\n")
+        cli = subprocess.run([str(Path(sys.executable).with_name("trident")), "index", "add", "--index",
+                              str(server.index), str(corpus)], capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 2 and "another process" in cli.stderr, cli.stderr[-2000:]
         # deleting an existing document of the corpus works too
         first = json.loads(DEMO.open().readline())["_id"]
         assert c.delete(f"/documents/{first}").status_code == 200
