@@ -98,7 +98,13 @@ class Engine:
 
     def warm_up(self, rounds: int = 3) -> None:
         """Run a few searches in every mode so the first real ones do not pay for JIT compilation,
-        ONNX Runtime's first-run allocations and cold pages (exact sparse search included)."""
+        ONNX Runtime's first-run allocations and cold pages (exact sparse search included), and load
+        the metadata columns filters and facets use (a local index's docstore)."""
+        columns = getattr(getattr(self.backend, "docstore", None), "columns", None)
+        if columns is not None:
+            start = time.perf_counter()
+            fields = columns.preload()
+            log.info("loaded metadata columns %s in %.0f ms", ", ".join(fields) or "(none)", ms_since(start))
         request = search_request_model()
         for i in range(rounds):
             text = WARM_UP_QUERIES[i % len(WARM_UP_QUERIES)]

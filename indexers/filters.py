@@ -19,9 +19,11 @@ numbers with numbers and ISO dates with ISO-date strings (a naive date or time i
 **Storage.** Each field used by a filter or a facet is loaded once from SQLite into typed numpy
 columns (one row per (document, value); kinds string / number / boolean, plus the epoch seconds of
 every ISO-date string), so evaluating a filter is a few vectorised comparisons over those rows: a
-selective filter on a 100k-document store costs well under a millisecond once the field is loaded
-(see ``benchmarks/RESULTS.md``). Columns belong to one :class:`Columns` (one per docstore); a store
-that is written to must call :meth:`Columns.invalidate`.
+selective filter on a 100k-document store costs about a millisecond once the field is loaded (see
+``benchmarks/RESULTS.md``); loading costs seconds per 100k documents, so ``Engine.warm_up`` preloads
+the fields of the first documents (:meth:`Columns.preload`). Columns belong to one
+:class:`Columns` (one per docstore); a store that is written to must call :meth:`Columns.invalidate`
+(``DocStore.filters_changed``).
 """
 from __future__ import annotations
 
@@ -309,6 +311,19 @@ class Columns:
             with self._lock:
                 self._columns.setdefault(field, col)
         return col
+
+    def preload(self, sample: int = 1000, max_fields: int = 32) -> list[str]:
+        """Load the columns of the top-level scalar fields seen in the first ``sample`` documents
+        (at most ``max_fields``), so the first filtered search does not pay for them; returns them."""
+        fields: dict[str, None] = {}
+        for (meta,) in self._conn().execute("SELECT metadata FROM docs ORDER BY id LIMIT ?", (sample,)):
+            for name, _ in _flatten(json.loads(meta)):
+                if FIELD.match(name):
+                    fields.setdefault(name, None)
+        names = list(fields)[:max_fields]
+        for name in names:
+            self.column(name)
+        return names
 
     def _load(self, field: str) -> Column:
         top, _, rest = field.partition(".")

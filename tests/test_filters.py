@@ -174,6 +174,15 @@ def test_facet_counts_equal_direct_counts(store: DocStore) -> None:
     assert store.field_values([0, 11, 5], "year") == [None, None, 2015]
 
 
+def test_preload_loads_the_fields_of_the_first_documents(tmp_path: Path) -> None:
+    path = tmp_path / "docs.sqlite"
+    with DocStore.create(path) as s:
+        s.add(Document(f"d{i}", "t", "x", _meta(i)) for i in range(30))
+    store = DocStore.open(path)
+    assert set(store.columns.preload()) == {"year", "score", "lang", "ok", "date", "tags", "src.name"}
+    assert set(store.columns._columns) == {"year", "score", "lang", "ok", "date", "tags", "src.name"}
+
+
 def test_selective_filter_on_100k_documents_costs_milliseconds(tmp_path: Path) -> None:
     """The number in benchmarks/RESULTS.md ("Filters on 100k documents") comes from this test."""
     path = tmp_path / "docs.sqlite"
