@@ -96,8 +96,7 @@ class SparsePart(Part):
                options: RetrieverOptions) -> Results:
         index, delta = self.state
         n_main = index.n_docs
-        main_allowed = None if allowed is None or delta is None and allowed.size == n_main else \
-            _fit(allowed, n_main)
+        main_allowed = None if allowed is None else _fit(allowed, n_main)
         ids, scores = index.search(query, depth, allowed=main_allowed, **options.knobs())
         ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float32)
         if delta is None:
