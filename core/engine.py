@@ -269,7 +269,10 @@ class Engine:
         per_method = tuned.for_method(method) if tuned else None
         tuned_weights = per_method.weights if per_method else {}
         weights = {r: float(_first(request.options(r).weight, tuned_weights.get(r), 1.0)) for r in names}
-        source = "request" if request.fusion.method else ("manifest" if tuned else "default")
+        # "manifest" whenever tuned values shape the result, even when the request named the method.
+        from_manifest = tuned is not None and (
+            request.fusion.method is None or bool(per_method and per_method.model_dump(exclude_defaults=True)))
+        source = "manifest" if from_manifest else ("request" if request.fusion.method else "default")
         if method == "rrf":
             k = _first(request.fusion.rrf_k, per_method.rrf_k if per_method else None, fusion.DEFAULT_RRF_K)
             return FusionUsed(method="rrf", weights=weights, rrf_k=float(k), source=source,

@@ -189,6 +189,7 @@ def test_manifest_fusion_defaults_are_used(engine: Engine, monkeypatch: pytest.M
     rrf = engine.search(SearchRequest(query=QUERY, retrievers=["bm25", "dense"],
                                       fusion={"method": "rrf"}, dense={"weight": 0.5}))
     assert (rrf.fusion.rrf_k, rrf.fusion.weights) == (7.0, {"bm25": 2.0, "dense": 0.5})
+    assert rrf.fusion.source == "manifest"  # tuned values shaped it, though the request named the method
     assert engine.info().default_fusion["method"] == "interpolation"
 
 
