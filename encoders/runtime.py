@@ -81,9 +81,14 @@ def check_backend(backend: str) -> str:
 
 
 def check_precision(precision: str, device: str) -> str:
-    """Validate the document precision option (``auto``: int8 for ONNX; on a GPU bf16 for dense models and fp32 for SPLADE; fp32 for torch on CPU)."""
+    """Validate the document precision option.
+
+    ``auto``: int8 for ONNX; on a GPU bf16 for dense models and fp32 for SPLADE; fp32 for torch on CPU.
+    """
     if precision not in PRECISIONS:
         raise EncoderConfigError(f"unknown precision {precision!r}; valid values: {', '.join(PRECISIONS)}")
     if precision in ("fp16", "bf16") and not device.startswith("cuda"):
-        raise EncoderConfigError(f"precision={precision!r} needs a CUDA device; on CPU use 'auto' (int8 ONNX) or 'fp32'")
+        raise EncoderConfigError(
+            f"precision={precision!r} needs a CUDA device; on CPU use 'auto' (int8 ONNX) or 'fp32'"
+        )
     return precision
