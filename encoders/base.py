@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 class SentenceTransformersEncoder:
     """Loads a sentence-transformers model of class ``model_cls`` with our validated settings."""
 
+    int8_documents_on_cpu = True
+    """Whether ``backend="auto"`` encodes documents with the int8 ONNX graph on CPU (see the subclasses)."""
+
     def __init__(
         self,
         model_cls: type,
@@ -81,7 +84,8 @@ class SentenceTransformersEncoder:
         from trident_search.encoders.documents import OnnxDocumentRunner, TorchDocumentRunner
         from trident_search.encoders.onnx import cached_graph, fast_tokenizer, graph_pooling
 
-        use_onnx = self.requested_backend == "onnx" or (self.requested_backend == "auto" and self.device == "cpu")
+        use_onnx = self.requested_backend == "onnx" or (
+            self.requested_backend == "auto" and self.device == "cpu" and self.int8_documents_on_cpu)
         try:
             pooling = graph_pooling(self._model)
             tokenizer = fast_tokenizer(self._model.tokenizer, self.max_length)
