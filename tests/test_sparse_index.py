@@ -86,15 +86,18 @@ def test_exact_weights_survive_the_16_bit_forward_index() -> None:
 
 def test_size_accounting(data: tuple[sp.csr_matrix, sp.csr_matrix], tmp_path) -> None:  # noqa: ANN001
     """What each part of the index may cost: the forward index 6 bytes a weight (16-bit id, bf16,
-    16-bit remainder) plus pointers; a posting 8 bytes; a summary entry 3 bytes and at most
-    max_summary of them per block. `save` writes what `nbytes` counts."""
+    16-bit remainder) plus pointers; a posting 2 bytes (a 16-bit document id: its record is found
+    through the forward pointers); pointer arrays 4 bytes an entry; a summary entry 3 bytes and at
+    most max_summary of them per block. `save` writes what `nbytes` counts."""
     docs, _ = data
     idx = SparseIndex.build(docs, SparseParams(max_summary=16))
     st, a = idx.stats(), idx._a
     n = docs.shape[0]
     assert idx.params.n_postings > 0  # resolved from the corpus, and saved so
-    assert st["forward_bytes"] <= docs.nnz * 6 + 2 * (n + 1) * 8 + 4 * n
-    assert a["block_docs"].nbytes + a["block_offs"].nbytes <= 8 * st["postings"]
+    assert st["forward_bytes"] <= docs.nnz * 6 + (n + 1) * (4 + 8) + 4 * n
+    assert a["block_docs"].nbytes == 2 * st["postings"]
+    for name in ("fwd_ptr", "list_block_ptr", "block_doc_ptr", "sum_ptr"):
+        assert a[name].itemsize == 4, name
     assert np.diff(a["sum_ptr"]).max() <= 16
     assert a["sum_terms"].nbytes + a["sum_vals"].nbytes == 3 * st["summary_entries"]
     idx.save(tmp_path)

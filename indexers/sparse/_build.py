@@ -358,7 +358,7 @@ def exact_lists(fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, vocab):  # noq
     n_docs = fwd_ptr.shape[0] - 1
     cnt = np.zeros(vocab + 1, dtype=np.int64)
     for d in range(n_docs):
-        o = fwd_ptr[d]
+        o = np.int64(fwd_ptr[d])
         n = np.int64(fwd32[o >> 1])
         tb = (o + 2) >> tshift
         for j in range(n):
@@ -371,11 +371,11 @@ def exact_lists(fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, vocab):  # noq
     bits = vals.view(np.int32)
     pos = cnt[:vocab].copy()
     for d in range(n_docs):
-        o = fwd_ptr[d]
+        o = np.int64(fwd_ptr[d])
         n = np.int64(fwd32[o >> 1])
         tb = (o + 2) >> tshift
         vb = o + 2 + (n << tshift)
-        l0 = lo_ptr[d]
+        l0 = np.int64(lo_ptr[d])
         for j in range(n):
             t = np.int64(fwd_t[tb + j])
             p = pos[t]

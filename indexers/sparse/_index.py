@@ -10,9 +10,10 @@ layout minimises the bytes and distinct cache lines a query touches:
   ``bf16 << 16`` plus a signed 16-bit remainder in ``fwd_lo`` (CSR order, row pointers ``lo_ptr``):
   exact scores only ever come from these.
 * pruned posting lists cut into blocks: list ``t`` owns blocks ``list_block_ptr[t]:list_block_ptr[t+1]``,
-  block ``g`` owns postings ``block_doc_ptr[g]:block_doc_ptr[g+1]``, each a document id
-  (``block_docs``) and the offset of its record (``block_offs``), so scoring a posting touches
-  one record and no pointer array.
+  block ``g`` owns postings ``block_doc_ptr[g]:block_doc_ptr[g+1]``, each a document id alone
+  (``block_docs``: uint16 up to 65,536 documents, else int32); its record is found through
+  ``fwd_ptr`` (uint32 offsets while they fit, 4 bytes a document: small enough to stay cached).
+  Pointer arrays are int32 while their values fit.
 * block summaries as short sparse vectors: block ``g`` owns entries ``sum_ptr[g]:sum_ptr[g+1]`` of
   ``sum_terms`` (ascending) and ``sum_vals`` (8-bit, times ``block_scale[g]``). A list's summaries are
   contiguous, so scoring them is one sequential read.
@@ -43,16 +44,18 @@ from ._params import SparseFormatError, SparseIndexError, SparseParams
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "trident-sparse"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 PARAMS_FILE = "params.json"
 ARRAYS = (
     "fwd_ptr", "fwd_buf", "lo_ptr", "fwd_lo",
-    "list_block_ptr", "block_doc_ptr", "block_docs", "block_offs", "block_scale", "sum_ptr", "sum_terms", "sum_vals",
+    "list_block_ptr", "block_doc_ptr", "block_docs", "block_scale", "sum_ptr", "sum_terms", "sum_vals",
     "knn",
 )
 NARROW_VOCAB = 65536  # term ids fit 16 bits up to here
 _CHUNK_POSTINGS = 2_000_000
 _CSR_TYPES = (sp.csr_matrix, sp.csr_array)
+_F32 = np.dtype(np.float32)
+_I32 = np.dtype(np.int32)
 
 
 def _default_threads() -> int:
@@ -83,8 +86,8 @@ def _canonical(m: sp.spmatrix, what: str, vocab_size: int | None = None) -> sp.c
     return m
 
 
-class _Scratch(threading.local):
-    """Per-thread query scratch, allocated once per thread and index and reused by every query."""
+class _Scratch:
+    """One thread's query scratch for one index, allocated once and reused by every query."""
 
     def __init__(self, n_docs: int, vocab: int, max_blocks: int) -> None:
         self.qmap8 = np.zeros(vocab, dtype=np.uint8)  # queries of up to 255 terms
@@ -94,16 +97,14 @@ class _Scratch(threading.local):
         self.stamp = np.zeros(1, dtype=np.int64)
         self.bscore = np.zeros(max(max_blocks, 1), dtype=np.float32)
         self.border = np.zeros(max(max_blocks, 1), dtype=np.int32)
-        self.n_docs = n_docs
-        self._acc: np.ndarray | None = None
-        self._touched: np.ndarray | None = None
 
-    def exact_buffers(self) -> tuple[np.ndarray, np.ndarray]:
-        """Accumulator (float32, zero between queries) and touched-list of exact mode, made on first use."""
-        if self._acc is None:
-            self._acc = np.zeros(max(self.n_docs, 1), dtype=np.float32)
-            self._touched = np.zeros(max(self.n_docs, 1), dtype=np.int32)
-        return self._acc, self._touched
+
+class _Local(threading.local):
+    """Per-thread kernel states: ``approx`` (no exact lists) and ``exact`` (made on first exact use)."""
+
+    approx: _search.State | None = None
+    exact: _search.State | None = None
+    scratch: _Scratch | None = None
 
 
 class SparseIndex:
@@ -116,8 +117,9 @@ class SparseIndex:
         self.n_docs = int(arrays["fwd_ptr"].shape[0] - 1)
         lbp = arrays["list_block_ptr"]
         self._max_blocks = int(np.diff(lbp).max()) if lbp.shape[0] > 1 else 0
-        self._scratch = _Scratch(self.n_docs, vocab_size, self._max_blocks)
+        self._local = _Local()
         self._no_filter = np.ones(1, dtype=np.bool_)
+        self._qshape = (1, vocab_size)
         self._exact_lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
         buf = arrays["fwd_buf"]
@@ -125,8 +127,7 @@ class SparseIndex:
         b32 = buf.view(np.uint32)
         self._fwd = (arrays["fwd_ptr"], buf, b32, buf if narrow else b32, 0 if narrow else 1)
         self._lo = (arrays["lo_ptr"], arrays["fwd_lo"])
-        self._idx_args = (self._fwd + (_prefetch_lines(arrays, narrow),) + self._lo
-                          + tuple(arrays[n] for n in ARRAYS[4:12]))
+        self._pf_lines = _prefetch_lines(arrays, narrow)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -171,13 +172,12 @@ class SparseIndex:
         narrow = vocab <= NARROW_VOCAB
         rec_ptr, rec_buf, lo = _build.forward_records(fwd_ptr, fwd_terms, fwd_vals, narrow, order)
         arrays: dict[str, np.ndarray] = {
-            "fwd_ptr": rec_ptr, "fwd_buf": rec_buf, "lo_ptr": fwd_ptr, "fwd_lo": lo,
-            "list_block_ptr": list_block_ptr,
-            "block_doc_ptr": block_doc_ptr,
-            "block_docs": block_docs,
-            "block_offs": _smallest_uint(rec_ptr[block_docs]),
+            "fwd_ptr": _narrow_ptr(rec_ptr, np.uint32), "fwd_buf": rec_buf, "lo_ptr": fwd_ptr, "fwd_lo": lo,
+            "list_block_ptr": _narrow_ptr(list_block_ptr),
+            "block_doc_ptr": _narrow_ptr(block_doc_ptr),
+            "block_docs": block_docs.astype(np.uint16) if n_docs <= 65536 else block_docs,
             "block_scale": _cat([p[3] for p in parts], np.float32),
-            "sum_ptr": _offsets(_cat([p[4] for p in parts], np.int64)),
+            "sum_ptr": _narrow_ptr(_offsets(_cat([p[4] for p in parts], np.int64))),
             "sum_terms": _cat([p[5] for p in parts], np.uint16 if narrow else np.int32),
             "sum_vals": _cat([p[6] for p in parts], np.uint8),
             "knn": np.zeros((n_docs, 0), dtype=np.int32),
@@ -247,22 +247,29 @@ class SparseIndex:
         Fewer than k results come back when fewer documents share a term with the query (or pass
         `allowed`); documents with score 0 are never returned.
         """
-        # fast path: an already canonical float32/int32 CSR row is used as it is (the per-query
-        # Python overhead is a visible share of a ~100 us search)
-        if (type(query) in _CSR_TYPES and query.shape == (1, self.vocab_size) and query.dtype == np.float32
-                and query.indices.dtype == np.int32 and query.has_canonical_format
-                and _search.valid_weights(query.data)):
-            q = query
-        else:
-            q = _canonical(query, "queries", self.vocab_size)
-            if q.shape[0] != 1:
-                raise SparseIndexError(f"search takes a 1-row query matrix, got {q.shape[0]} rows; use batch_search")
-        opts = self._options(k, query_cut, heap_factor, n_knn, allowed)
-        kk = opts[0]
-        ids = np.empty((1, kk), dtype=np.int64)
-        scores = np.empty((1, kk), dtype=np.float32)
-        n = self._work(q, opts, exact, 0, 1, ids, scores)
-        return ids[0, :n], scores[0, :n]
+        # fast path: a float32/int32 CSR row goes straight to one compiled call, which checks that it
+        # is canonical and the options in range (per-call Python is a visible share of a ~30 us search)
+        p = self.params
+        if (type(query) in _CSR_TYPES and query.shape == self._qshape and query.dtype == _F32
+                and query.indices.dtype == _I32 and (allowed is None or self._allowed_ok(allowed))):
+            code, ids, scores = _search.search_one(
+                self._state(exact), query.indptr, query.indices, query.data, k,
+                p.query_cut if query_cut is None else query_cut,
+                p.heap_factor if heap_factor is None else float(heap_factor),
+                p.n_knn if n_knn is None else n_knn, exact,
+                self._no_filter if allowed is None else allowed, allowed is not None)
+            if code == 0:
+                return ids, scores
+        # slow path: canonicalise the row and validate the options (raising the precise error)
+        q = _canonical(query, "queries", self.vocab_size)
+        if q.shape[0] != 1:
+            raise SparseIndexError(f"search takes a 1-row query matrix, got {q.shape[0]} rows; use batch_search")
+        kk, qc, hf, nk, mask, use_mask = self._options(k, query_cut, heap_factor, n_knn, allowed)
+        code, ids, scores = _search.search_one(self._state(exact), q.indptr, q.indices, q.data, kk, qc, hf, nk,
+                                               exact, mask, use_mask)
+        if code != 0:  # pragma: no cover - _canonical and _options accept only what the kernel accepts
+            raise SparseIndexError(f"query rejected by the search kernel (code {code})")
+        return ids, scores
 
     def batch_search(self, queries: sp.spmatrix, k: int = 10, *, query_cut: int | None = None,
                      heap_factor: float | None = None, exact: bool = False, n_knn: int | None = None,
@@ -288,6 +295,9 @@ class SparseIndex:
                               bounds[:-1], bounds[1:]))
         return ids, scores
 
+    def _allowed_ok(self, allowed: np.ndarray) -> bool:
+        return type(allowed) is np.ndarray and allowed.dtype == np.bool_ and allowed.shape == (self.n_docs,)
+
     def _options(self, k: int, query_cut: int | None, heap_factor: float | None, n_knn: int | None,
                  allowed: np.ndarray | None) -> tuple:
         """Validated (heap size, query_cut, heap_factor, n_knn, allowed mask, mask in use)."""
@@ -305,20 +315,46 @@ class SparseIndex:
         if allowed.dtype != np.bool_ or allowed.shape != (self.n_docs,):
             raise SparseIndexError(f"allowed must be a bool array of shape ({self.n_docs},), "
                                    f"got {allowed.dtype} {allowed.shape}")
-        return min(k, max(self.n_docs, 1)), qc, hf, nk, allowed, True
+        return min(k, max(self.n_docs, 1)), qc, hf, nk, np.ascontiguousarray(allowed), True
+
+    def _state(self, exact: bool) -> _search.State:
+        """The calling thread's kernel state (index arrays + its scratch), made on its first query."""
+        loc = self._local
+        st = loc.exact if exact else loc.approx
+        if st is None:
+            st = self._make_state(exact)
+        return st
+
+    def _make_state(self, exact: bool) -> _search.State:
+        loc = self._local
+        if loc.scratch is None:
+            loc.scratch = _Scratch(self.n_docs, self.vocab_size, self._max_blocks)
+        s, a = loc.scratch, self._a
+        if exact:
+            col_ptr, col_docs, col_vals = self.exact_lists()
+            acc = np.zeros(max(self.n_docs, 1), dtype=np.float32)  # zero between queries
+            touched = np.zeros(max(self.n_docs, 1), dtype=np.int32)
+        else:
+            col_ptr, col_docs, col_vals = np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+            acc, touched = np.zeros(1, np.float32), np.zeros(1, np.int32)
+        fwd_ptr, fwd16, fwd32, fwd_t, tshift = self._fwd
+        st = _search.State(
+            fwd_ptr, fwd16, fwd32, fwd_t, tshift, self._pf_lines, *self._lo,
+            a["list_block_ptr"], a["block_doc_ptr"], a["block_docs"], a["block_scale"], a["sum_ptr"],
+            a["sum_terms"], a["sum_vals"], a["knn"], col_ptr, col_docs, col_vals, self.vocab_size, self.n_docs,
+            s.qmap8, s.qmap32, s.qv, s.visited, s.stamp, s.bscore, s.border, acc, touched)
+        if exact:
+            loc.exact = st
+        else:
+            loc.approx = st
+        return st
 
     def _work(self, q: sp.csr_matrix, opts: tuple, exact: bool, a: int, b: int, ids: np.ndarray,
               scores: np.ndarray) -> int:
-        """Queries [a, b) on the calling thread with its scratch; returns the last one's hit count."""
+        """Queries [a, b) on the calling thread with its state; returns the last one's hit count."""
         kk, qc, hf, nk, allowed, use_allowed = opts
-        s = self._scratch
-        if exact:
-            acc, touched = s.exact_buffers()
-            return _search.exact_range(q.indptr, q.indices, q.data, a, b, kk, *self.exact_lists(), *self._fwd, *self._lo,
-                                       allowed, use_allowed, s.qmap8, s.qmap32, s.qv, acc, touched, ids, scores)
-        return _search.search_range(q.indptr, q.indices, q.data, a, b, kk, qc, hf, nk, *self._idx_args,
-                                    self._a["knn"], allowed, use_allowed, s.qmap8, s.qmap32, s.qv, s.visited, s.stamp,
-                                    s.bscore, s.border, ids, scores)
+        return _search.search_range(self._state(exact), q.indptr, q.indices, q.data, a, b, kk, qc, hf, nk, exact,
+                                    allowed, use_allowed, ids, scores)
 
     def exact_lists(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Full posting lists with exact weights (list pointers, doc ids, float32 weights), rebuilt from
@@ -367,7 +403,7 @@ def _prefetch_lines(arrays: dict[str, np.ndarray], narrow: bool) -> int:
     if docs.size == 0:
         return 1
     lo_ptr = arrays["lo_ptr"]
-    sample = docs[:: max(1, docs.size // 100_000)]
+    sample = docs[:: max(1, docs.size // 100_000)].astype(np.int64)
     n = float(np.mean(lo_ptr[sample + 1] - lo_ptr[sample]))
     nbytes = 4 + n * (4 if narrow else 6)  # header, ids, bf16 weights
     return int(min(16, max(1, np.ceil(nbytes / 64))))
@@ -383,10 +419,8 @@ def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 
-def _smallest_uint(x: np.ndarray) -> np.ndarray:
-    """uint16 or uint32 when the values fit (less memory traffic per query), else int64."""
-    top = int(x.max()) if x.size else 0
-    for dt in (np.uint16, np.uint32):
-        if top <= np.iinfo(dt).max:
-            return x.astype(dt)
-    return x.astype(np.int64)
+def _narrow_ptr(x: np.ndarray, dtype: type = np.int32) -> np.ndarray:
+    """A non-negative pointer array as `dtype` when its largest value fits, else int64 (kernels read
+    every pointer through np.int64(), so either works)."""
+    top = int(x[-1]) if x.size else 0
+    return x.astype(dtype) if top <= np.iinfo(dtype).max else x.astype(np.int64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.experimental import structref
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -172,11 +173,11 @@ def _doc_score(o, fwd16, fwd32, fwd_t, tshift, qmap, qv):  # noqa: ANN001, ANN20
 def _exact_score(d, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap, qv):  # noqa: ANN001, ANN202
     """Exact float32 dot product of the query with document d (weights = bf16 << 16 + remainder),
     accumulated in storage order: the one definition of a document's score in both modes."""
-    o = fwd_ptr[d]
+    o = np.int64(fwd_ptr[d])
     n = np.int64(fwd32[o >> 1])
     tb = (o + 2) >> tshift
     vb = o + 2 + (n << tshift)
-    l0 = lo_ptr[d]
+    l0 = np.int64(lo_ptr[d])
     s = np.float32(0.0)
     for j in range(n):
         w = qv[qmap[fwd_t[tb + j]]]
@@ -186,19 +187,21 @@ def _exact_score(d, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap, qv):
 
 
 @njit(cache=True, inline="always")
-def _scan_block(p0, p1, block_docs, block_offs, fwd16, fwd32, fwd_t, tshift, pf_lines, qmap, qv,
+def _scan_block(p0, p1, block_docs, fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines, qmap, qv,
                 visited, cur, allowed, use_allowed, hs, hd, n, k):  # noqa: ANN001, ANN202
-    """Score the unvisited, allowed documents of postings [p0, p1) into the heap; returns its size."""
+    """Score the unvisited, allowed documents of postings [p0, p1) into the heap; returns its size.
+    A posting is a document id alone: its record is found through ``fwd_ptr`` (small enough to stay
+    in cache), which saves the 2-4 bytes a posting an explicit record offset would cost."""
     for p in range(p0, p1):
         if p + PREFETCH_AHEAD < p1:
-            _prefetch_record(fwd16, block_offs[p + PREFETCH_AHEAD], pf_lines)
-        d = block_docs[p]
+            _prefetch_record(fwd16, np.int64(fwd_ptr[np.int64(block_docs[p + PREFETCH_AHEAD])]), pf_lines)
+        d = np.int64(block_docs[p])
         if visited[d] == cur:
             continue
         visited[d] = cur
         if use_allowed and not allowed[d]:
             continue
-        s = _doc_score(np.int64(block_offs[p]), fwd16, fwd32, fwd_t, tshift, qmap, qv)
+        s = _doc_score(np.int64(fwd_ptr[d]), fwd16, fwd32, fwd_t, tshift, qmap, qv)
         if s > 0.0:
             n = _heap_push(hs, hd, n, k, s, d)
     return n
@@ -228,10 +231,10 @@ def _prefetch_record(fwd16, o, lines):  # noqa: ANN001, ANN202
 @njit(cache=True, inline="always")
 def _prefetch_list(t, list_block_ptr, sum_ptr, sum_terms, sum_vals):  # noqa: ANN001, ANN202
     """Prefetch the block summaries of list t (what _score_blocks reads first)."""
-    g0 = list_block_ptr[t]
-    g1 = list_block_ptr[t + 1]
-    e0 = sum_ptr[g0]
-    e1 = sum_ptr[g1]
+    g0 = np.int64(list_block_ptr[t])
+    g1 = np.int64(list_block_ptr[t + 1])
+    e0 = np.int64(sum_ptr[g0])
+    e1 = np.int64(sum_ptr[g1])
     for e in range(e0, min(e1, e0 + 4096), 32):
         _prefetch(sum_terms, e)
     for e in range(e0, min(e1, e0 + 4096), 64):
@@ -254,14 +257,14 @@ def _score_blocks(t, list_block_ptr, sum_ptr, sum_terms, sum_vals, block_scale, 
     """Summary scores of every block of list t: each summary is a short sparse vector (term ids,
     8-bit values, one scale per block) stored contiguously, so a list's summaries are one
     sequential read. Blocks without a summary score +inf."""
-    b0 = list_block_ptr[t]
-    nb = list_block_ptr[t + 1] - b0
+    b0 = np.int64(list_block_ptr[t])
+    nb = np.int64(list_block_ptr[t + 1]) - b0
     for b in range(nb):
         g = b0 + b
         s0 = np.float32(0.0)
         s1 = np.float32(0.0)
-        e0 = sum_ptr[g]
-        e1 = sum_ptr[g + 1]
+        e0 = np.int64(sum_ptr[g])
+        e1 = np.int64(sum_ptr[g + 1])
         e2 = e0 + ((e1 - e0) & ~1)
         for e in range(e0, e2, 2):
             s0 += qv[qmap[sum_terms[e]]] * np.float32(sum_vals[e])
@@ -302,7 +305,7 @@ def _rescore(n, hs, hd, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap, 
 @njit(cache=True)
 def _search_q(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
               fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines, lo_ptr, lo,
-              list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale, sum_ptr, sum_terms, sum_vals,
+              list_block_ptr, block_doc_ptr, block_docs, block_scale, sum_ptr, sum_terms, sum_vals,
               knn, allowed, use_allowed, qmap, qv, visited, cur, bscore, border, hs, hd):  # noqa: ANN001, ANN202
     nq = q_terms.shape[0]
     by_weight = np.argsort(-q_vals, kind="mergesort")  # heaviest query terms first (ties: ascending term)
@@ -315,15 +318,15 @@ def _search_q(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
         nb = _score_blocks(t, list_block_ptr, sum_ptr, sum_terms, sum_vals, block_scale, qmap, qv, bscore)
         if nb == 0:
             continue
-        b0 = list_block_ptr[t]
+        b0 = np.int64(list_block_ptr[t])
         # lazy max-heap over blocks: pop the best remaining block until one can be skipped
         for b in range(nb):
             border[b] = b
         for i in range((nb >> 1) - 1, -1, -1):
             _sift_down_blocks(border, nb, i, bscore)
         g = b0 + border[0]
-        for p in range(block_doc_ptr[g], min(block_doc_ptr[g + 1], block_doc_ptr[g] + PREFETCH_AHEAD)):
-            _prefetch_record(fwd16, block_offs[p], pf_lines)
+        for p in range(np.int64(block_doc_ptr[g]), min(np.int64(block_doc_ptr[g + 1]), np.int64(block_doc_ptr[g]) + PREFETCH_AHEAD)):
+            _prefetch_record(fwd16, np.int64(fwd_ptr[np.int64(block_docs[p])]), pf_lines)
         m = nb
         while m > 0:
             b = border[0]
@@ -333,14 +336,14 @@ def _search_q(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
             border[0] = border[m]
             _sift_down_blocks(border, m, 0, bscore)
             g = b0 + b
-            p0 = block_doc_ptr[g]
-            p1 = block_doc_ptr[g + 1]
+            p0 = np.int64(block_doc_ptr[g])
+            p1 = np.int64(block_doc_ptr[g + 1])
             if m > 0:  # the next block is likely scanned too: start fetching its first records
                 gn = b0 + border[0]
-                pn = block_doc_ptr[gn]
-                for p in range(pn, min(block_doc_ptr[gn + 1], pn + PREFETCH_AHEAD)):
-                    _prefetch_record(fwd16, block_offs[p], pf_lines)
-            n = _scan_block(p0, p1, block_docs, block_offs, fwd16, fwd32, fwd_t, tshift, pf_lines, qmap, qv,
+                pn = np.int64(block_doc_ptr[gn])
+                for p in range(pn, min(np.int64(block_doc_ptr[gn + 1]), pn + PREFETCH_AHEAD)):
+                    _prefetch_record(fwd16, np.int64(fwd_ptr[np.int64(block_docs[p])]), pf_lines)
+            n = _scan_block(p0, p1, block_docs, fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines, qmap, qv,
                             visited, cur, allowed, use_allowed, hs, hd, n, k)
     if n_knn > 0 and knn.shape[1] > 0 and n > 0:
         # kNN refinement (Bruch et al., CIKM 2024): score the neighbours of the current results
@@ -356,43 +359,10 @@ def _search_q(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
                 visited[d] = cur
                 if use_allowed and not allowed[d]:
                     continue
-                s = _doc_score(fwd_ptr[d], fwd16, fwd32, fwd_t, tshift, qmap, qv)
+                s = _doc_score(np.int64(fwd_ptr[d]), fwd16, fwd32, fwd_t, tshift, qmap, qv)
                 if s > 0.0:
                     n = _heap_push(hs, hd, n, k, s, d)
     _rescore(n, hs, hd, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap, qv)
-    return n
-
-
-@njit(cache=True, nogil=True)
-def search_range(q_ptr, q_terms, q_vals, start, stop, k, query_cut, heap_factor, n_knn,
-                 fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines, lo_ptr, lo,
-                 list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale, sum_ptr, sum_terms, sum_vals,
-                 knn, allowed, use_allowed,
-                 qmap8, qmap32, qv, visited, stamp, bscore, border, out_ids, out_scores):  # noqa: ANN001, ANN202
-    """Approximate search of queries [start, stop) of a CSR batch into the same rows of
-    out_ids/out_scores; returns the last query's hit count. One call into numba per batch."""
-    kh = heap_size(k)
-    hs = np.empty(kh, dtype=np.float32)
-    hd = np.empty(kh, dtype=np.int64)
-    n = 0
-    for i in range(start, stop):
-        a = q_ptr[i]
-        z = q_ptr[i + 1]
-        qt = q_terms[a:z]
-        qw = q_vals[a:z]
-        cur = _next_stamp(visited, stamp)
-        if _set_query(qt, qw, qmap8, qmap32, qv, True):
-            n = _search_q(qt, qw, kh, query_cut, heap_factor, n_knn, fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines,
-                          lo_ptr, lo, list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale, sum_ptr,
-                          sum_terms, sum_vals, knn, allowed, use_allowed, qmap32, qv, visited, cur, bscore, border,
-                          hs, hd)
-        else:
-            n = _search_q(qt, qw, kh, query_cut, heap_factor, n_knn, fwd_ptr, fwd16, fwd32, fwd_t, tshift, pf_lines,
-                          lo_ptr, lo, list_block_ptr, block_doc_ptr, block_docs, block_offs, block_scale, sum_ptr,
-                          sum_terms, sum_vals, knn, allowed, use_allowed, qmap8, qv, visited, cur, bscore, border,
-                          hs, hd)
-        _set_query(qt, qw, qmap8, qmap32, qv, False)
-        n = _heap_emit(hs, hd, n, out_ids[i], out_scores[i])
     return n
 
 
@@ -421,27 +391,110 @@ def _taat(qt, qw, k, col_ptr, col_docs, col_vals, allowed, use_allowed, acc, tou
     return n
 
 
+
+# ---------------------------------------------------------------------------------------------- state
+# One object per (index, thread) holds every array a query needs, the index's and the thread's
+# scratch: numba unboxes it as one argument, where the flat signature cost ~40 array arguments
+# (about 5 us of dispatch per call, most of an empty search).
+STATE_FIELDS = (
+    "fwd_ptr", "fwd16", "fwd32", "fwd_t", "tshift", "pf_lines", "lo_ptr", "lo",
+    "list_block_ptr", "block_doc_ptr", "block_docs", "block_scale", "sum_ptr", "sum_terms", "sum_vals", "knn",
+    "col_ptr", "col_docs", "col_vals", "vocab", "n_docs",
+    "qmap8", "qmap32", "qv", "visited", "stamp", "bscore", "border", "acc", "touched",
+)
+
+
+@structref.register
+class StateType(types.StructRef):
+    def preprocess_fields(self, fields):  # noqa: ANN001, ANN201
+        return tuple((name, types.unliteral(t)) for name, t in fields)
+
+
+class State(structref.StructRefProxy):
+    """Index arrays plus one thread's query scratch (see STATE_FIELDS), built once per thread."""
+
+
+structref.define_proxy(State, StateType, list(STATE_FIELDS))
+
+
+@njit(cache=True, inline="always")
+def _one_approx(st, qt, qw, k, query_cut, heap_factor, n_knn, allowed, use_allowed, cur, hs, hd):  # noqa: ANN001, ANN202
+    if _set_query(qt, qw, st.qmap8, st.qmap32, st.qv, True):
+        n = _search_q(qt, qw, k, query_cut, heap_factor, n_knn, st.fwd_ptr, st.fwd16, st.fwd32, st.fwd_t, st.tshift,
+                      st.pf_lines, st.lo_ptr, st.lo, st.list_block_ptr, st.block_doc_ptr, st.block_docs,
+                      st.block_scale, st.sum_ptr, st.sum_terms, st.sum_vals, st.knn, allowed, use_allowed,
+                      st.qmap32, st.qv, st.visited, cur, st.bscore, st.border, hs, hd)
+    else:
+        n = _search_q(qt, qw, k, query_cut, heap_factor, n_knn, st.fwd_ptr, st.fwd16, st.fwd32, st.fwd_t, st.tshift,
+                      st.pf_lines, st.lo_ptr, st.lo, st.list_block_ptr, st.block_doc_ptr, st.block_docs,
+                      st.block_scale, st.sum_ptr, st.sum_terms, st.sum_vals, st.knn, allowed, use_allowed,
+                      st.qmap8, st.qv, st.visited, cur, st.bscore, st.border, hs, hd)
+    _set_query(qt, qw, st.qmap8, st.qmap32, st.qv, False)
+    return n
+
+
+@njit(cache=True, inline="always")
+def _one_exact(st, qt, qw, k, allowed, use_allowed, hs, hd):  # noqa: ANN001, ANN202
+    n = _taat(qt, qw, k, st.col_ptr, st.col_docs, st.col_vals, allowed, use_allowed, st.acc, st.touched, hs, hd)
+    if _set_query(qt, qw, st.qmap8, st.qmap32, st.qv, True):
+        _rescore(n, hs, hd, st.fwd_ptr, st.fwd16, st.fwd32, st.fwd_t, st.tshift, st.lo_ptr, st.lo, st.qmap32, st.qv)
+    else:
+        _rescore(n, hs, hd, st.fwd_ptr, st.fwd16, st.fwd32, st.fwd_t, st.tshift, st.lo_ptr, st.lo, st.qmap8, st.qv)
+    _set_query(qt, qw, st.qmap8, st.qmap32, st.qv, False)
+    return n
+
+
 @njit(cache=True, nogil=True)
-def exact_range(q_ptr, q_terms, q_vals, start, stop, k, col_ptr, col_docs, col_vals,
-                fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo,
-                allowed, use_allowed, qmap8, qmap32, qv, acc, touched, out_ids, out_scores):  # noqa: ANN001, ANN202
-    """Exact top-k: term-at-a-time accumulation over full posting lists with exact float32 weights,
-    then the k best rescored in storage order (the same float32 sum as approximate mode)."""
+def search_range(st, q_ptr, q_terms, q_vals, start, stop, k, query_cut, heap_factor, n_knn, exact,
+                 allowed, use_allowed, out_ids, out_scores):  # noqa: ANN001, ANN202
+    """Queries [start, stop) of a CSR batch (already canonical) into the same rows of
+    out_ids/out_scores, approximate (Seismic) or exact (term-at-a-time over full lists, then the k best
+    rescored in storage order: the same float32 sum as approximate mode); returns the last query's
+    hit count. One call into numba per batch; releases the GIL."""
     kh = heap_size(k)
     hs = np.empty(kh, dtype=np.float32)
     hd = np.empty(kh, dtype=np.int64)
     n = 0
     for i in range(start, stop):
-        qt = q_terms[q_ptr[i]:q_ptr[i + 1]]
-        qw = q_vals[q_ptr[i]:q_ptr[i + 1]]
-        n = _taat(qt, qw, kh, col_ptr, col_docs, col_vals, allowed, use_allowed, acc, touched, hs, hd)
-        if _set_query(qt, qw, qmap8, qmap32, qv, True):
-            _rescore(n, hs, hd, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap32, qv)
+        a = q_ptr[i]
+        z = q_ptr[i + 1]
+        qt = q_terms[a:z]
+        qw = q_vals[a:z]
+        if exact:
+            n = _one_exact(st, qt, qw, kh, allowed, use_allowed, hs, hd)
         else:
-            _rescore(n, hs, hd, fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, qmap8, qv)
-        _set_query(qt, qw, qmap8, qmap32, qv, False)
+            cur = _next_stamp(st.visited, st.stamp)
+            n = _one_approx(st, qt, qw, kh, query_cut, heap_factor, n_knn, allowed, use_allowed, cur, hs, hd)
         n = _heap_emit(hs, hd, n, out_ids[i], out_scores[i])
     return n
+
+
+@njit(cache=True, nogil=True)
+def search_one(st, q_ptr, q_terms, q_vals, k, query_cut, heap_factor, n_knn, exact, allowed, use_allowed):  # noqa: ANN001, ANN202
+    """One query row, checked here rather than in Python: returns (code, ids, scores) with code 0,
+    or -1 when the row is not canonical (term ids ascending and unique, in the vocabulary, weights
+    finite and > 0) or -2 when an option is out of range; the caller then takes its slow path."""
+    empty_i = np.empty(0, dtype=np.int64)
+    empty_s = np.empty(0, dtype=np.float32)
+    if k < 1 or query_cut < 1 or not heap_factor >= 0.0 or n_knn < 0:
+        return -2, empty_i, empty_s
+    if q_ptr.shape[0] != 2:
+        return -1, empty_i, empty_s
+    a = q_ptr[0]
+    z = q_ptr[1]
+    prev = -1
+    for j in range(a, z):
+        t = q_terms[j]
+        w = q_vals[j]
+        if t <= prev or t >= st.vocab or not (w > 0.0 and w < np.inf):
+            return -1, empty_i, empty_s
+        prev = t
+    kk = min(k, max(st.n_docs, 1))
+    ids = np.empty((1, kk), dtype=np.int64)
+    scores = np.empty((1, kk), dtype=np.float32)
+    n = search_range(st, q_ptr, q_terms, q_vals, 0, 1, kk, query_cut, heap_factor, n_knn, exact,
+                     allowed, use_allowed, ids, scores)
+    return 0, ids[0, :n], scores[0, :n]
 
 
 @njit(cache=True)
