@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(stage_table(manifest.stages)))
         if args.raw_docs:
             results["raw_vs_pipeline"] = raw_vs_pipeline(corpus_file(args.corpus), config, args.raw_docs, Path(tmp))
-            print("\n| encoder | docs | raw encoder docs/s (anchor) | pipeline docs/s | overhead |\n|---|---:|---:|---:|---:|")
+            print("\n| encoder | docs | raw encoder docs/s (anchor) | pipeline docs/s | overhead |")
+            print("|---|---:|---:|---:|---:|")
             for r in results["raw_vs_pipeline"]:
                 print(f"| {r['encoder']} | {r['docs']} | {r['raw_docs_per_s']} | {r['pipeline_docs_per_s']} | "
                       f"{r['overhead']:+.1%} |")
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
             rows = hnsw_vs_flat(out, queries, config, [int(e) for e in args.ef.split(",")])
             info = rows.pop()
             results["hnsw_vs_flat"], results["hnsw_build"] = rows, info
-            print("\n| index | efSearch | recall@10 vs Flat | QPS (1 thread, 1 query) | speedup |\n|---|---:|---:|---:|---:|")
+            print("\n| index | efSearch | recall@10 vs Flat | QPS (1 thread, 1 query) | speedup |")
+            print("|---|---:|---:|---:|---:|")
             for r in rows:
                 print(f"| {r['index']} | {r['ef_search']} | {r['recall@10']:.4f} | {r['qps']} | {r['speedup']}x |")
             print(f"HNSW32 build on 1 thread: {info['hnsw_build_seconds_1_thread']} s for {info['docs']} docs; "

@@ -1,8 +1,8 @@
 """Which retriever limits hybrid quality? Tune fusion on train for every subset of retrievers, score on test.
 
 Each retriever's depth-100 lists are retrieved once per query through ``Engine.retrieve``; fusion
-and tuning are ``trident_search.eval.tuning`` (the same ``trident_search.core.fusion`` code the server runs). Weights are tuned
-on the train split only; test is scored once per subset with the train-chosen settings.
+and tuning are ``trident_search.eval.tuning`` (the same ``trident_search.core.fusion`` code the
+server runs). Weights are tuned on the train split only; test is scored once per subset with the train-chosen settings.
 
     python benchmarks/fusion_ablation.py --dataset ../shared/data/beir/scifact --index indexes/scifact
 """
@@ -12,12 +12,12 @@ import argparse
 import itertools
 import logging
 
+from trident_search.core.engine import Engine
+from trident_search.core.fusion import fuse
 from trident_search.eval.beir import BeirDataset
 from trident_search.eval.metrics import evaluate
 from trident_search.eval.run import retrieve_lists
 from trident_search.eval.tuning import grid, tune
-from trident_search.core.engine import Engine
-from trident_search.core.fusion import fuse
 
 
 def main(argv: list[str] | None = None) -> None:

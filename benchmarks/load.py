@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -142,7 +142,7 @@ def report(cells: list[Cell], args: argparse.Namespace, url: str) -> str:
     anchor_p50 = anchor.pct(50) if anchor else float("nan")
     lines = [
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, load average "
-        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"server: {url}; {args.requests} requests per cell after {args.warmup} warm-up; k={args.k}",
         "",
         "| mode | c | requests | QPS | p50 ms | p95 ms | p99 ms | server p50 ms | errors | p50 / bm25 c=1 |",

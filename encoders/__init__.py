@@ -1,6 +1,7 @@
 """Trident encoders: text -> sparse (SPLADE) and dense vectors, with offline default weights.
 
-The encoder classes are imported lazily, so `trident_search.encoders.text` or `trident_search.encoders.errors` stay cheap to import
+The encoder classes are imported lazily, so `trident_search.encoders.text` or
+`trident_search.encoders.errors` stay cheap to import
 for code that never loads a model.
 """
 

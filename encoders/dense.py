@@ -59,7 +59,7 @@ class DenseEncoder(SentenceTransformersEncoder):
         return int(self._model.get_embedding_dimension())
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode documents (join title and body with `trident_search.encoders.text.document_text` first): ``(n, dim)``."""
+        """Encode documents (join title and body with ``encoders.text.document_text`` first): ``(n, dim)``."""
         items = check_texts(texts)
         if not self.uses_pipeline or not items:
             return self._encode_torch(items, document=True)

@@ -87,7 +87,7 @@ class SparseEncoder(SentenceTransformersEncoder):
         return self._vocab_size
 
     def encode_documents(self, texts: Sequence[str]) -> sp.csr_matrix:
-        """Encode documents (join title and body with `trident_search.encoders.text.document_text` first); keeps ``doc_top_k``."""
+        """Encode documents (join title and body with ``encoders.text.document_text`` first); keeps ``doc_top_k``."""
         items = check_texts(texts)
         if not self.uses_pipeline:
             return prune_top_k(self._encode_torch(items, document=True), self.doc_top_k)

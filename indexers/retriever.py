@@ -79,7 +79,8 @@ class Results:
 
     def __post_init__(self) -> None:
         if self.ids.shape != self.scores.shape or self.ids.ndim != 1:
-            raise ValueError(f"Results needs two 1-D arrays of one length, got {self.ids.shape} and {self.scores.shape}")
+            raise ValueError(
+                f"Results needs two 1-D arrays of one length, got {self.ids.shape} and {self.scores.shape}")
 
     @classmethod
     def empty(cls) -> Results:

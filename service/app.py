@@ -30,11 +30,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trident_search.errors import IndexLoadError, NotReadyError, OverloadedError, TridentError
+from trident_search.service.builds import builds_router
 from trident_search.service.errors import (
     AuthenticationError,
     ErrorResponse,
@@ -52,17 +52,16 @@ from trident_search.service.lifecycle import (
     watch_signals,
 )
 from trident_search.service.metrics import Metrics
-from trident_search.service.builds import builds_router
-from trident_search.service.writes import writes_router
 from trident_search.service.routes import (
     SearchEngine,
+    admin_router,
     documents_router,
     index_router,
-    admin_router,
     ops_router,
     page_router,
     search_router,
 )
+from trident_search.service.writes import writes_router
 from trident_search.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,11 @@ def _default(section: type[Any], name: str) -> Any:
     return section.model_fields[name].default
 
 
+DEFAULT_INDEX: Path = _default(ServerSettings, "index")
+
+
 def serve(
-    index: Path = typer.Option(_default(ServerSettings, "index"), "--index", envvar="TRIDENT_INDEX",
+    index: Path = typer.Option(DEFAULT_INDEX, "--index", envvar="TRIDENT_INDEX",
                                help="Index directory built by `trident index build`."),
     host: str = typer.Option(_default(ServerSettings, "host"), envvar="TRIDENT_HOST",
                              help="Interface to bind (0.0.0.0 for every interface)."),
@@ -160,7 +163,7 @@ def _parse_filters(items: list[str]) -> dict[str, Any]:
 
 def search(
     query: str = typer.Argument(..., help="Query text."),
-    index: Path = typer.Option(_default(ServerSettings, "index"), "--index", envvar="TRIDENT_INDEX"),
+    index: Path = typer.Option(DEFAULT_INDEX, "--index", envvar="TRIDENT_INDEX"),
     mode: str = typer.Option("hybrid", help="bm25 | sparse | dense | hybrid"),
     k: int = typer.Option(10, "-k", "--k", min=1),
     offset: int = typer.Option(0, min=0),

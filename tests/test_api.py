@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from trident_search.service.app import create_app
 from trident_search.settings import Settings
-from service_fixture import metadata
 
 from conftest import require
+from service_fixture import metadata
 
 QUERY = "vitamin D deficiency and bone density"
 KEY = "test-key-123"

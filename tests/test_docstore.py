@@ -15,7 +15,8 @@ from trident_search.indexers.docstore import DocStore, DocStoreError, FilterErro
 
 def _docs(n: int = 30) -> list[Document]:
     return [
-        Document(f"d{i}", f"title {i}", f"text {i}", {"year": 2000 + i % 3, "lang": "en" if i % 2 else "de", "ok": i % 5 == 0})
+        Document(f"d{i}", f"title {i}", f"text {i}",
+                 {"year": 2000 + i % 3, "lang": "en" if i % 2 else "de", "ok": i % 5 == 0})
         for i in range(n)
     ]
 
@@ -56,7 +57,8 @@ def test_filters_equality_in_and_combined(store_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "bad, message",
-    [({"a'b": 1}, "field name"), ({"year": {"gt": "x"}}, "ISO 8601"), ({"year": []}, "no values"), ({"year": [None]}, "values")],
+    [({"a'b": 1}, "field name"), ({"year": {"gt": "x"}}, "ISO 8601"), ({"year": []}, "no values"),
+     ({"year": [None]}, "values")],
 )
 def test_bad_filters_raise_filter_error(store_path: Path, bad: dict, message: str) -> None:
     with pytest.raises(FilterError, match=message):

@@ -10,9 +10,10 @@ import pytest
 
 from trident_search.core import fusion
 from trident_search.core.engine import Engine
+from trident_search.core.schemas import SearchRequest
 from trident_search.core.tuned import TunedFusion
 from trident_search.errors import IndexLoadError, InvalidRequestError, NotFoundError
-from trident_search.core.schemas import SearchRequest
+
 from service_fixture import metadata
 
 QUERY = "vitamin D deficiency and bone density"

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 
-from trident_search.indexers.hits import Hit
 from trident_search.core.fusion import (
     FusionError,
     fuse,
@@ -17,6 +16,7 @@ from trident_search.core.fusion import (
     rrf,
     zscore,
 )
+from trident_search.indexers.hits import Hit
 
 from conftest import require
 

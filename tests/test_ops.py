@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from trident_search.service.app import create_app
 from trident_search.settings import Settings
+
 from service_fixture import DEMO
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,7 +184,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(params=[10.0])
-def server(request: pytest.FixtureRequest, two_indexes: tuple[Path, Path]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def server(
+    request: pytest.FixtureRequest, two_indexes: tuple[Path, Path]
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     env = {**os.environ, "TRIDENT_DRAIN_S": str(request.param), "TRIDENT_WATCH_S": "0"}
     proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--index", str(two_indexes[0]),
@@ -265,7 +268,8 @@ def test_serve_on_a_port_in_use_fails_at_once(two_indexes: tuple[Path, Path]) ->
         taken.listen()
         port = taken.getsockname()[1]
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-c", "from trident_search.service.cli import app; app()", "serve", "--index",
+        cli = "from trident_search.service.cli import app; app()"
+        proc = subprocess.run([sys.executable, "-c", cli, "serve", "--index",
                                str(two_indexes[0]), "--port", str(port)], capture_output=True, text=True,
                               timeout=60, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr
