@@ -191,15 +191,15 @@ def test_writes_then_merge_equal_a_batch_build(tmp_path: Path) -> None:
     SPLADE document encoder (int8 ONNX) gives a document different weights in different batches,
     which would be a difference between two batch builds as well, not one of the live index.
     """
+    import scipy.sparse as sp
+
     from trident_search.core.engine import Engine
     from trident_search.core.schemas import search_request_model
     from trident_search.indexers.build import BuildConfig, Encoded, build_index
     from trident_search.indexers.corpus import Document
     from trident_search.indexers.retriever import BuildContext, get
 
-    import scipy.sparse as sp
-
-    lines = [json.loads(l) for l in itertools.islice(DEMO.open(), 45)]
+    lines = [json.loads(line) for line in itertools.islice(DEMO.open(), 45)]
     for d in lines:
         d.setdefault("metadata", {})
     a, extra = lines[:30], lines[30:]
@@ -241,7 +241,7 @@ def test_writes_then_merge_equal_a_batch_build(tmp_path: Path) -> None:
     writer.merge()
     batch = Engine.load(tmp_path / "batch", warm_up=False)
     request = search_request_model()
-    queries = [json.loads(l)["text"] for l in itertools.islice((DEMO.parent / "queries.jsonl").open(), 12)]
+    queries = [json.loads(line)["text"] for line in itertools.islice((DEMO.parent / "queries.jsonl").open(), 12)]
     queries += [d["text"][:80] for d in extra[:4]] + [d["text"][:80] for d in updated.values()]
     try:
         for q in queries:
@@ -251,7 +251,8 @@ def test_writes_then_merge_equal_a_batch_build(tmp_path: Path) -> None:
             for mode, options in (("dense", {}), ("sparse", {"exact": True})):
                 if mode not in live.retrievers:
                     continue
-                body = {"query": q, "mode": mode, "k": 10, "include_text": False, **({mode: options} if options else {})}
+                body = {"query": q, "mode": mode, "k": 10, "include_text": False}
+                body.update({mode: options} if options else {})
                 got = live.search(request.model_validate(body))
                 want = batch.search(request.model_validate(body))
                 np.testing.assert_allclose([h.score for h in got.hits], [h.score for h in want.hits],
@@ -281,7 +282,8 @@ def test_merge_publishes_generations_and_reopens(live_copy: Path) -> None:
     engine = Engine.load(live_copy, warm_up=False)
     try:
         writer = engine.backend.writer()
-        writer.write([Document("gen-1", "Quokka", PHRASE, {}), Document("gen-2", "Okapi", "okapi tundra harmonica", {})])
+        writer.write([Document("gen-1", "Quokka", PHRASE, {}),
+                      Document("gen-2", "Okapi", "okapi tundra harmonica", {})])
         writer.write(deletes=["gen-2"])
         before = {m: top(engine, m, PHRASE) for m in MODES}
         result = writer.merge()
@@ -309,7 +311,7 @@ def test_build_through_the_service_swaps_in_hot(server: Server) -> None:
     server then serves the new index with no failed search in between."""
     import threading
 
-    lines = [json.loads(l) for l in itertools.islice(DEMO.open(), 70, 90)]
+    lines = [json.loads(line) for line in itertools.islice(DEMO.open(), 70, 90)]
     lines.append({"_id": "built-1", "title": "Built", "text": PHRASE})
     body = "".join(json.dumps(d) + "\n" for d in lines)
     failures: list[str] = []

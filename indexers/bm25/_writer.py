@@ -174,7 +174,7 @@ class BM25Writer:
         leaves = _leaves(reader)
         ids, internal = [], []
         seen = set()
-        for name, base, n in leaves:
+        for name, _base, n in leaves:
             seen.add(name)
             if name not in self._segments:
                 leaf = reader.leaves().get(_leaf_index(leaves, name)).reader()

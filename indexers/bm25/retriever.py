@@ -10,8 +10,8 @@ import numpy as np
 from trident_search.errors import IndexLoadError
 from trident_search.indexers.bm25._format import FIELDS
 from trident_search.indexers.bm25._search import MAX_QUERY_TERMS, BM25Index, _filtered
-from trident_search.indexers.bm25._writer import BM25Writer, committed_seq, reconcile
 from trident_search.indexers.bm25._stats import GlobalStats
+from trident_search.indexers.bm25._writer import BM25Writer, committed_seq, reconcile
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.manifest import Manifest
 from trident_search.indexers.retriever import (
