@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.experimental import structref
 from numba.core import cgutils
+from numba.experimental import structref
 from numba.extending import intrinsic
 
 PREFETCH_AHEAD = 4  # postings ahead whose forward record is prefetched while scoring the current one
@@ -325,7 +325,8 @@ def _search_q(q_terms, q_vals, k, query_cut, heap_factor, n_knn,
         for i in range((nb >> 1) - 1, -1, -1):
             _sift_down_blocks(border, nb, i, bscore)
         g = b0 + border[0]
-        for p in range(np.int64(block_doc_ptr[g]), min(np.int64(block_doc_ptr[g + 1]), np.int64(block_doc_ptr[g]) + PREFETCH_AHEAD)):
+        pg = np.int64(block_doc_ptr[g])
+        for p in range(pg, min(np.int64(block_doc_ptr[g + 1]), pg + PREFETCH_AHEAD)):
             _prefetch_record(fwd16, np.int64(fwd_ptr[np.int64(block_docs[p])]), pf_lines)
         m = nb
         while m > 0:
@@ -495,12 +496,3 @@ def search_one(st, q_ptr, q_terms, q_vals, k, query_cut, heap_factor, n_knn, exa
     n = search_range(st, q_ptr, q_terms, q_vals, 0, 1, kk, query_cut, heap_factor, n_knn, exact,
                      allowed, use_allowed, ids, scores)
     return 0, ids[0, :n], scores[0, :n]
-
-
-@njit(cache=True)
-def valid_weights(vals):  # noqa: ANN001, ANN201
-    """All weights finite and non-negative (summaries are max-based upper bounds)."""
-    for x in vals:
-        if not (x >= 0.0 and x < np.inf):
-            return False
-    return True
