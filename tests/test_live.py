@@ -349,3 +349,30 @@ def test_build_through_the_service_swaps_in_hot(server: Server) -> None:
         stop.set()
         t.join()
     assert not failures, failures[:3]
+
+
+def test_writes_need_the_api_key_and_a_writable_backend(tmp_path: Path) -> None:
+    """Writes sit under /v1: 401 without the configured key; a backend that cannot take writes
+    (sharded serving, here a stand-in) is a 422 that says so, not a 500."""
+    from fastapi.testclient import TestClient
+
+    from trident_search.service.app import create_app
+    from trident_search.settings import Settings
+
+    class NoWrites:
+        retrievers = ["bm25"]
+        backend = object()
+
+        def close(self) -> None:
+            pass
+
+    app = create_app(Settings(index=tmp_path, api_key="s3cret-key-123456"), loader=lambda s: NoWrites(),
+                     load_in_background=False, watch=False)
+    with TestClient(app) as c:
+        assert c.put("/v1/documents/x", json={"text": "a"}).status_code == 401
+        assert c.delete("/v1/documents/x").status_code == 401
+        r = c.put("/v1/documents/x", json={"text": "a"}, headers={"X-API-Key": "s3cret-key-123456"})
+        assert r.status_code == 422 and "cannot take writes" in r.text, r.text
+        r = c.post("/v1/documents", json={"documents": [{"_id": "a", "text": 1}]},
+                   headers={"X-API-Key": "s3cret-key-123456"})
+        assert r.status_code == 422 and "documents[0]" in r.text, r.text
