@@ -243,8 +243,14 @@ class Retriever(ABC):
         """The encoder for documents written to a served index: by default the build's
         :meth:`document_encoder` with the parameters the manifest recorded, so written documents
         are encoded exactly as the batch build encoded the corpus."""
+        params = dict(manifest.params.get(self.name) or {})
+        model = manifest.models.get(self.name) or {}
+        if model.get("name"):  # the model the corpus was encoded with, not the default
+            params["model"] = model["name"]
+        if str(model.get("backend", "")).startswith("onnx"):
+            params["backend"] = "onnx"
         ctx = BuildContext(
-            params=dict(manifest.params.get(self.name) or {}), device=device, batch_size=batch_size,
+            params=params, device=device, batch_size=batch_size,
             max_length=int(manifest.params.get("max_length", 256)), threads=threads, n_docs=0,
         )
         return self.document_encoder(ctx)

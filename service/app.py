@@ -286,6 +286,12 @@ def create_app(
         failure the serving generation (if any) stays and the error is raised (and logged)."""
         async with reload_lock:
             key = index_key(server.index)
+            current = generations.current
+            if not initial and current is not None and key == current.key:
+                # Nothing new is published there (and a server taking writes holds this very index).
+                log.info("reload (%s): %s is unchanged; generation %d keeps serving", reason, server.index,
+                         current.number)
+                return current
             if not initial:
                 log.info("reloading index %s (%s); generation %d keeps serving meanwhile",
                          server.index, reason, generations.number)

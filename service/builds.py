@@ -15,6 +15,7 @@ job in the background into the served path; on success the build is published th
 (No ``from __future__ import annotations``: FastAPI must see the annotations as objects.)
 """
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -167,7 +168,12 @@ def builds_router(settings: Settings, reload: Callable[[Request], Awaitable[Any]
             raise InvalidRequestError(f"corpus {raw!r} does not exist", field="corpus")
         return path
 
-    @router.post("/admin/builds", response_model=BuildStatus, status_code=202)
+    @router.post("/admin/builds", response_model=BuildStatus, status_code=202, openapi_extra={
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": BuildRequest.model_json_schema()},
+            "application/x-ndjson": {"schema": {"type": "string",
+                                                "description": "The corpus, one JSON document a line."}},
+        }}})
     async def start_build(request: Request) -> BuildStatus:
         """Start a build of the served index from a corpus path (JSON body) or a JSONL body."""
         from trident_search.indexers.build import BuildConfig, BuildError
@@ -181,7 +187,12 @@ def builds_router(settings: Settings, reload: Callable[[Request], Awaitable[Any]
                 async for chunk in request.stream():
                     fh.write(chunk)
         else:
-            body = BuildRequest.model_validate(await request.json())
+            try:
+                raw = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise InvalidRequestError('the body must be JSON like {"corpus": "<path>"}, or the corpus as JSONL '
+                                          "with Content-Type: application/x-ndjson", field="body") from None
+            body = BuildRequest.model_validate(raw)
             if not body.corpus:
                 raise InvalidRequestError("give corpus (a path) or stream JSONL", field="corpus")
             corpus = corpus_path(body.corpus)

@@ -404,12 +404,14 @@ from schemathesis.specs.openapi.checks import response_schema_conformance  # noq
 
 
 @pytest.fixture(scope="module")
-def api_schema(engine: Any, index_dir: Path) -> Any:
-    app = create_app(
-        Settings(index=index_dir, max_k=20, max_depth=100, max_batch=3),
-        loader=lambda s: Unclosed(engine),
-        load_in_background=False,
-    )
+def api_schema(index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The fuzzer also calls the write endpoints: it gets its own copy of the shared index."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("fuzz") / "index"
+    shutil.copytree(index_dir, copy)
+    app = create_app(Settings(index=copy, max_k=20, max_depth=100, max_batch=3, watch_s=0),
+                     load_in_background=False)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -13,6 +13,12 @@ from pydantic import Field
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.dense._index import DenseIndex, default_factory
 from trident_search.indexers.manifest import Manifest
+from trident_search.indexers.model_encoders import (
+    ENCODER_PARAMS,
+    ModelDocumentEncoder,
+    ModelQueryEncoder,
+    document_options,
+)
 from trident_search.indexers.retriever import (
     BuildContext,
     DocumentEncoder,
@@ -33,28 +39,6 @@ class DenseOptions(RetrieverOptions):
         None, ge=1, le=65_536, description="Dense IVF only: inverted lists visited per query (default "
         "from the index). Higher is more exact and slower; other index types ignore it."
     )
-
-
-class DenseQueryEncoder(QueryEncoder):
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self.description = f"{encoder.name} ({getattr(encoder, 'backend', 'torch')})"
-
-    def encode(self, query: str) -> np.ndarray:
-        return self.encoder.encode_queries([query])
-
-
-class DenseDocumentEncoder(DocumentEncoder):
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-
-    def encode(self, docs: Sequence[Document]) -> np.ndarray:
-        from trident_search.encoders.text import document_text
-
-        return self.encoder.encode_documents([document_text(d.title, d.text) for d in docs])
-
-    def model_info(self) -> dict[str, Any]:
-        return {"name": self.encoder.name, "revision": self.encoder.revision, "dim": self.encoder.dim}
 
 
 def _fit(mask: np.ndarray, n: int) -> np.ndarray:
@@ -151,9 +135,10 @@ class DenseRetriever(Retriever):
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Fail before any build work on a parameter ``write`` would reject."""
-        unknown = sorted(set(params) - {"model", "factory", "ef_construction"})
+        valid = ENCODER_PARAMS | {"factory", "ef_construction"}
+        unknown = sorted(set(params) - valid)
         if unknown:
-            raise ValueError(f"unknown dense parameters {unknown}; valid: model, factory, ef_construction")
+            raise ValueError(f"unknown dense parameters {unknown}; valid: {', '.join(sorted(valid))}")
         factory = params.get("factory")
         if factory is not None and (not isinstance(factory, str) or not factory.strip()):
             raise ValueError(f"dense factory must be a FAISS factory string, got {factory!r}")
@@ -164,12 +149,7 @@ class DenseRetriever(Retriever):
     def document_encoder(self, ctx: BuildContext) -> DocumentEncoder:
         from trident_search.encoders.dense import DenseEncoder
 
-        return DenseDocumentEncoder(DenseEncoder(
-            ctx.params.get("model"), device=ctx.device, max_length=ctx.max_length,
-            batch_size=ctx.batch_size, threads=ctx.threads,
-            backend=ctx.params.get("backend") or "auto", precision=ctx.params.get("precision") or "auto",
-            token_budget=ctx.params.get("token_budget"),
-        ))
+        return ModelDocumentEncoder(DenseEncoder(ctx.params.get("model"), **document_options(ctx)), "dim")
 
     def write(self, out: Path, ctx: BuildContext, *, docs: Callable[[], Iterator[Document]],
               chunks: Callable[[], Iterator[Any]] | None) -> dict[str, Any]:
@@ -190,7 +170,7 @@ class DenseRetriever(Retriever):
     def query_encoder(self, manifest: Manifest, *, backend: str) -> QueryEncoder:
         from trident_search.encoders.dense import DenseEncoder
 
-        return DenseQueryEncoder(DenseEncoder(
+        return ModelQueryEncoder(DenseEncoder(
             manifest.models["dense"]["name"], device="cpu", threads=1, backend=backend,
             max_length=int(manifest.params.get("max_length", 256)),
         ))

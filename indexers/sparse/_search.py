@@ -11,9 +11,9 @@ Candidates are scored from the forward index's bfloat16 values (4 bytes an entry
 traffic of float32); the final top-k of every query is then rescored exactly (float32 weights rebuilt
 from bf16 + 16-bit remainder), accumulated in float32 in the order the forward index stores a
 document's terms, so approximate and exact mode report bit-identical scores for the same document.
-Exact mode is term-at-a-time over full posting lists (rebuilt from the forward index on first use). Ties are broken by the
-smaller internal id, which makes results independent of visiting order. Documents that share no term
-with the query (score 0) are never returned; missing results are padded with id -1.
+Exact mode is term-at-a-time over full posting lists (rebuilt from the forward index on first use).
+Ties are broken by the smaller internal id, which makes results independent of visiting order.
+Documents that share no term with the query (score 0) are never returned; missing results are padded with id -1.
 """
 from __future__ import annotations
 

@@ -12,6 +12,12 @@ from pydantic import Field
 
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.manifest import Manifest
+from trident_search.indexers.model_encoders import (
+    ENCODER_PARAMS,
+    ModelDocumentEncoder,
+    ModelQueryEncoder,
+    document_options,
+)
 from trident_search.indexers.retriever import (
     BuildContext,
     DocumentEncoder,
@@ -50,29 +56,6 @@ def index_params(params: dict[str, Any]) -> SparseParams:
         return SparseParams(**params)
     except TypeError as exc:
         raise SparseIndexError(str(exc)) from None
-
-
-class SparseQueryEncoder(QueryEncoder):
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self.description = f"{encoder.name} ({getattr(encoder, 'backend', 'torch')})"
-
-    def encode(self, query: str) -> sp.csr_matrix:
-        return self.encoder.encode_queries([query])
-
-
-class SparseDocumentEncoder(DocumentEncoder):
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-
-    def encode(self, docs: Sequence[Document]) -> sp.csr_matrix:
-        from trident_search.encoders.text import document_text
-
-        return self.encoder.encode_documents([document_text(d.title, d.text) for d in docs])
-
-    def model_info(self) -> dict[str, Any]:
-        enc = self.encoder
-        return {"name": enc.name, "revision": enc.revision, "vocab_size": enc.vocab_size}
 
 
 class SparsePart(Part):
@@ -169,9 +152,10 @@ class SparseRetriever(Retriever):
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Fail before any build work on a parameter ``write`` would reject."""
-        unknown = sorted(set(params) - {"model", "doc_top_k", "index"})
+        valid = ENCODER_PARAMS | {"doc_top_k", "index"}
+        unknown = sorted(set(params) - valid)
         if unknown:
-            raise ValueError(f"unknown sparse parameters {unknown}; valid: model, doc_top_k, index")
+            raise ValueError(f"unknown sparse parameters {unknown}; valid: {', '.join(sorted(valid))}")
         top_k = params.get("doc_top_k")
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"sparse doc_top_k must be a positive integer, got {top_k!r}")
@@ -180,12 +164,8 @@ class SparseRetriever(Retriever):
     def document_encoder(self, ctx: BuildContext) -> DocumentEncoder:
         from trident_search.encoders.sparse import SparseEncoder
 
-        return SparseDocumentEncoder(SparseEncoder(
-            ctx.params.get("model"), doc_top_k=ctx.params.get("doc_top_k"), device=ctx.device,
-            max_length=ctx.max_length, batch_size=ctx.batch_size, threads=ctx.threads,
-            backend=ctx.params.get("backend") or "auto", precision=ctx.params.get("precision") or "auto",
-            token_budget=ctx.params.get("token_budget"),
-        ))
+        return ModelDocumentEncoder(SparseEncoder(
+            ctx.params.get("model"), doc_top_k=ctx.params.get("doc_top_k"), **document_options(ctx)), "vocab_size")
 
     def write(self, out: Path, ctx: BuildContext, *, docs: Callable[[], Iterator[Document]],
               chunks: Callable[[], Iterator[Any]] | None) -> dict[str, Any]:
@@ -200,7 +180,7 @@ class SparseRetriever(Retriever):
     def query_encoder(self, manifest: Manifest, *, backend: str) -> QueryEncoder:
         from trident_search.encoders.sparse import SparseEncoder
 
-        return SparseQueryEncoder(SparseEncoder(
+        return ModelQueryEncoder(SparseEncoder(
             manifest.models["sparse"]["name"], device="cpu", threads=1, backend=backend,
             max_length=int(manifest.params.get("max_length", 256)),
         ))
