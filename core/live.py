@@ -135,9 +135,9 @@ class LiveWriter:
         return ran
 
     def _docs_of(self, entries: Sequence[LogEntry]) -> dict[int, Document]:
-        ids = [e.internal_id for e in entries if e.op == "upsert"]
+        ids = [_iid(e) for e in entries if e.op == "upsert"]
         stored = self.index.docstore.get(ids) if ids else []
-        by_id = {e.internal_id: e.ext_id for e in entries if e.op == "upsert"}
+        by_id = {_iid(e): e.ext_id for e in entries if e.op == "upsert"}
         return {s.internal_id: Document(by_id[s.internal_id], s.title, s.text, s.metadata) for s in stored}
 
     # -- writing ----------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ class LiveWriter:
                 entries = self.log.apply(list(zip(upserts, payloads, strict=True)), deletes)
             except KeyError as exc:
                 raise NotFoundError(f"no document with id {exc.args[0]!r} in this index", field="doc_id") from None
-            docs = {e.internal_id: d for e, d in zip((e for e in entries if e.op == "upsert"), upserts, strict=True)}
+            docs = {_iid(e): d for e, d in zip((e for e in entries if e.op == "upsert"), upserts, strict=True)}
             for name, part in self.index.parts.items():
                 self._apply_part(name, part, entries, docs, encoded.get(name))
                 part.refresh()
@@ -190,7 +190,7 @@ class LiveWriter:
             if encoded is not None:  # this request's encodings, rows in entry order
                 rows = encoded
             else:  # replay: the encodings the log stored
-                rows = _stack([pickle.loads(e.payload).get(name) for e in batch]) if batch[0].payload else None
+                rows = _stack([pickle.loads(_logged(e)).get(name) for e in batch]) if batch[0].payload else None
             part.add(ids, [docs[int(i)] for i in ids], rows)
             batch.clear()
 
@@ -339,3 +339,16 @@ def _stack(rows: list[Any]) -> Any:
     if any(r is None for r in rows):
         return None
     return sp.vstack(rows, format="csr") if sp.issparse(rows[0]) else np.stack(rows)
+
+
+def _iid(entry: LogEntry) -> int:
+    """An upsert's internal id (the log assigns one to every upsert)."""
+    if entry.internal_id is None:
+        raise ValueError(f"log entry {entry.seq} ({entry.op} {entry.ext_id!r}) has no internal id")
+    return entry.internal_id
+
+
+def _logged(entry: LogEntry) -> bytes:
+    if entry.payload is None:
+        raise ValueError(f"log entry {entry.seq} ({entry.op} {entry.ext_id!r}) carries no encodings")
+    return entry.payload

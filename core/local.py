@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,7 +228,7 @@ class LocalIndex:
         # A part that drops deleted documents itself needs no mask when there is no filter.
         masks = {n: None if not filters and self.parts[n].applies_deletes else allowed for n in calls}
         tasks: dict[str, Callable[[], RetrieverRun]] = {
-            name: (lambda n=name: self._run_one(n, query, calls[n], masks[n], given.get(n), view[0]))
+            name: partial(self._run_one, name, query, calls[name], masks[name], given.get(name), view[0])
             for name in calls
         }
         names = list(tasks)

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from trident_search.indexers.sparse import FORMAT_VERSION, SparseFormatError, SparseIndex, SparseIndexError, SparseParams
+from trident_search.indexers.sparse import (
+    FORMAT_VERSION,
+    SparseFormatError,
+    SparseIndex,
+    SparseIndexError,
+    SparseParams,
+)
 
 VOCAB = 3000
 
@@ -192,7 +198,8 @@ def test_docs_without_terms_and_k_beyond_collection() -> None:
 
 def test_duplicate_term_ids_are_summed() -> None:
     # row 0 names term 1 twice (0.5 + 1.5 = 2.0); scipy keeps duplicates until summed
-    docs = sp.csr_matrix((np.array([0.5, 1.5, 1.0], np.float32), np.array([1, 1, 2]), np.array([0, 2, 3])), shape=(2, 3))
+    docs = sp.csr_matrix((np.array([0.5, 1.5, 1.0], np.float32), np.array([1, 1, 2]), np.array([0, 2, 3])),
+                         shape=(2, 3))
     idx = SparseIndex.build(docs, SparseParams(n_postings=10))
     q = sp.csr_matrix((np.array([1.0, 1.0], np.float32), np.array([1, 1]), np.array([0, 2])), shape=(1, 3))
     for exact in (False, True):

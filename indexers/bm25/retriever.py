@@ -76,7 +76,7 @@ class BM25Part(Part):
         return self._writer
 
     def add(self, internal_ids: np.ndarray, docs: Sequence[Document], encoded: Any) -> None:
-        self._live().upsert(docs, internal_ids)
+        self._live().upsert(docs, internal_ids.tolist())
         self._added.extend(d.id for d in docs)  # external ids of internal ids len(_external), ...
 
     def delete(self, internal_ids: np.ndarray, ext_ids: Sequence[str]) -> None:

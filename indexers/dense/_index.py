@@ -215,12 +215,13 @@ class DenseIndex:
         if allowed is not None:
             bitmap = np.packbits(allowed, bitorder="little")
             sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-        if _hnsw(self.index) is not None:
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = max(k, ef_search or _hnsw(self.index).efSearch)
-        elif _ivf(self.index) is not None:
+        hnsw, ivf = _hnsw(self.index), _ivf(self.index)
+        if hnsw is not None:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # swig class the stubs lack
+            params.efSearch = max(k, ef_search or hnsw.efSearch)
+        elif ivf is not None:
             params = faiss.SearchParametersIVF()
-            params.nprobe = nprobe or _ivf(self.index).nprobe
+            params.nprobe = nprobe or ivf.nprobe
         elif sel is None:
             return None
         else:

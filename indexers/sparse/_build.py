@@ -377,7 +377,7 @@ def exact_lists(fwd_ptr, fwd16, fwd32, fwd_t, tshift, lo_ptr, lo, vocab):  # noq
         vb = o + 2 + (n << tshift)
         l0 = np.int64(lo_ptr[d])
         for j in range(n):
-            t = np.int64(fwd_t[tb + j])
+            t = np.int64(fwd_t[tb + j])  # type: ignore[assignment]  # numba: one int64 type in the loop
             p = pos[t]
             pos[t] = p + 1
             docs[p] = d
