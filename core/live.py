@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from trident_search.errors import InvalidRequestError, NotFoundError
+from trident_search.indexers.checkpoint import fsync_dir
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.docstore import LogEntry, WriteLog
 from trident_search.indexers.retriever import DocumentEncoder, Part, WritesUnsupportedError, get
@@ -233,7 +234,7 @@ class LiveWriter:
                     _fsync_tree(tmp)
                     shutil.rmtree(final, ignore_errors=True)
                     os.replace(tmp, final)
-                    _fsync_dir(final.parent)
+                    fsync_dir(final.parent)
                     previous = self.log.get_state(f"generation:{name}")
                     self.log.set_state(f"generation:{name}", f"{final.name}:{seq}")  # the publish point
                     part.open_generation(final, seq)
@@ -316,15 +317,9 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _payload(encodings: dict[str, Any]) -> bytes:

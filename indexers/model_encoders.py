@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.retriever import BuildContext, DocumentEncoder, QueryEncoder
 
@@ -47,3 +49,20 @@ def document_options(ctx: BuildContext) -> dict[str, Any]:
     return dict(device=ctx.device, max_length=ctx.max_length, batch_size=ctx.batch_size, threads=ctx.threads,
                 backend=p.get("backend") or "auto", precision=p.get("precision") or "auto",
                 token_budget=p.get("token_budget"))
+
+
+def check_model_params(retriever: str, params: dict[str, Any], own: set[str], positive: tuple[str, ...]) -> None:
+    """Unknown keys and non-positive integers are errors naming the retriever and the valid keys."""
+    valid = ENCODER_PARAMS | own
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ValueError(f"unknown {retriever} parameters {unknown}; valid: {', '.join(sorted(valid))}")
+    for key in positive:
+        value = params.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{retriever} {key} must be a positive integer, got {value!r}")
+
+
+def fit_mask(mask: np.ndarray, n: int) -> np.ndarray:
+    """``mask`` cut or padded with False to ``n`` entries (documents written after it was made)."""
+    return mask[:n] if mask.size >= n else np.concatenate([mask, np.zeros(n - mask.size, bool)])

@@ -14,10 +14,11 @@ from trident_search.indexers.corpus import Document
 from trident_search.indexers.dense._index import DenseIndex, default_factory
 from trident_search.indexers.manifest import Manifest
 from trident_search.indexers.model_encoders import (
-    ENCODER_PARAMS,
     ModelDocumentEncoder,
     ModelQueryEncoder,
+    check_model_params,
     document_options,
+    fit_mask,
 )
 from trident_search.indexers.retriever import (
     BuildContext,
@@ -41,9 +42,6 @@ class DenseOptions(RetrieverOptions):
     )
 
 
-def _fit(mask: np.ndarray, n: int) -> np.ndarray:
-    """``mask`` cut or padded with False to ``n`` entries."""
-    return mask[:n] if mask.size >= n else np.concatenate([mask, np.zeros(n - mask.size, bool)])
 
 
 class _SharedLock:
@@ -92,7 +90,7 @@ class DensePart(Part):
     def search(self, query: Any, depth: int, *, allowed: np.ndarray | None,
                options: RetrieverOptions) -> Results:
         if allowed is not None and allowed.size != len(self.index):  # written, not yet published
-            allowed = _fit(allowed, len(self.index))
+            allowed = fit_mask(allowed, len(self.index))
         with self._lock.shared():
             ids, scores = self.index.search(query, depth, allowed=allowed, **options.knobs())
         keep = ids[0] >= 0
@@ -135,16 +133,10 @@ class DenseRetriever(Retriever):
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Fail before any build work on a parameter ``write`` would reject."""
-        valid = ENCODER_PARAMS | {"factory", "ef_construction"}
-        unknown = sorted(set(params) - valid)
-        if unknown:
-            raise ValueError(f"unknown dense parameters {unknown}; valid: {', '.join(sorted(valid))}")
+        check_model_params("dense", params, {"factory", "ef_construction"}, ("ef_construction", "token_budget"))
         factory = params.get("factory")
         if factory is not None and (not isinstance(factory, str) or not factory.strip()):
             raise ValueError(f"dense factory must be a FAISS factory string, got {factory!r}")
-        ef = params.get("ef_construction")
-        if ef is not None and (not isinstance(ef, int) or isinstance(ef, bool) or ef < 1):
-            raise ValueError(f"dense ef_construction must be a positive integer, got {ef!r}")
 
     def document_encoder(self, ctx: BuildContext) -> DocumentEncoder:
         from trident_search.encoders.dense import DenseEncoder

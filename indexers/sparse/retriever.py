@@ -13,10 +13,11 @@ from pydantic import Field
 from trident_search.indexers.corpus import Document
 from trident_search.indexers.manifest import Manifest
 from trident_search.indexers.model_encoders import (
-    ENCODER_PARAMS,
     ModelDocumentEncoder,
     ModelQueryEncoder,
+    check_model_params,
     document_options,
+    fit_mask,
 )
 from trident_search.indexers.retriever import (
     BuildContext,
@@ -79,7 +80,7 @@ class SparsePart(Part):
                options: RetrieverOptions) -> Results:
         index, delta = self.state
         n_main = index.n_docs
-        main_allowed = None if allowed is None else _fit(allowed, n_main)
+        main_allowed = None if allowed is None else fit_mask(allowed, n_main)
         ids, scores = index.search(query, depth, allowed=main_allowed, **options.knobs())
         ids, scores = np.asarray(ids, np.int64), np.asarray(scores, np.float32)
         if delta is None:
@@ -87,7 +88,7 @@ class SparsePart(Part):
         d_scores = np.asarray((delta @ sp.csr_matrix(query).T).toarray(), np.float32).ravel()
         keep = d_scores > 0
         if allowed is not None:
-            keep &= _fit(allowed[n_main:], delta.shape[0])
+            keep &= fit_mask(allowed[n_main:], delta.shape[0])
         d_ids = np.flatnonzero(keep)
         all_ids = np.concatenate([ids, d_ids + n_main])
         all_scores = np.concatenate([scores, d_scores[d_ids]])
@@ -118,7 +119,7 @@ class SparsePart(Part):
         main = sp.csc_matrix((weights, docs, ptr), shape=(index.n_docs, index.vocab_size)).tocsr()
         rows = main if delta is None else sp.vstack([main, delta], format="csr")
         if live is not None:
-            keep = _fit(live, rows.shape[0]).astype(np.float32)
+            keep = fit_mask(live, rows.shape[0]).astype(np.float32)
             rows = (sp.diags(keep) @ rows).tocsr()
             rows.eliminate_zeros()
         params = index_params(dict((manifest.params.get("sparse") or {}).get("index", {})))
@@ -138,9 +139,6 @@ class SparsePart(Part):
         self._seq = seq
 
 
-def _fit(mask: np.ndarray, n: int) -> np.ndarray:
-    """``mask`` cut or padded with False to ``n`` entries."""
-    return mask[:n] if mask.size >= n else np.concatenate([mask, np.zeros(n - mask.size, bool)])
 
 
 class SparseRetriever(Retriever):
@@ -152,13 +150,7 @@ class SparseRetriever(Retriever):
 
     def check_params(self, params: dict[str, Any]) -> None:
         """Fail before any build work on a parameter ``write`` would reject."""
-        valid = ENCODER_PARAMS | {"doc_top_k", "index"}
-        unknown = sorted(set(params) - valid)
-        if unknown:
-            raise ValueError(f"unknown sparse parameters {unknown}; valid: {', '.join(sorted(valid))}")
-        top_k = params.get("doc_top_k")
-        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-            raise ValueError(f"sparse doc_top_k must be a positive integer, got {top_k!r}")
+        check_model_params("sparse", params, {"doc_top_k", "index"}, ("doc_top_k", "token_budget"))
         index_params(params.get("index", {}))
 
     def document_encoder(self, ctx: BuildContext) -> DocumentEncoder:
