@@ -23,6 +23,9 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray's C++ core would install its own SIGSEGV handler over the JVM's; the JVM (Lucene) relies on
+    # trapping SIGSEGV for implicit null checks, so a process holding both crashes ("segfault at 8").
+    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
 }
 
 
@@ -44,7 +47,8 @@ def import_ray() -> ModuleType:
 def connect(address: str, *, num_cpus: int | None = None) -> ModuleType:
     """Initialise Ray in this process once (later calls reuse the connection); returns ``ray``."""
     ray = import_ray()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for key in ("RAY_USAGE_STATS_ENABLED", "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
+        os.environ.setdefault(key, WORKER_ENV[key])
     if ray.is_initialized():
         return ray
     kwargs: dict[str, Any] = {
