@@ -215,7 +215,7 @@ def test_killed_shard_actor_gives_partial_results_then_recovers(sharded: Engine,
 
     request = _request(queries[0], "dense")
     full = sharded.search(request)
-    victim = sharded.shards.replicas[1][0]
+    victim = sharded.backend.shards.replicas[1][0]
     ray.kill(victim.handle, no_restart=False)
     partial = sharded.search(request)
     assert partial.partial and partial.missing_shards == ["shard-0001"]
@@ -232,16 +232,16 @@ def test_lost_worker_node_gives_partial_results_within_the_deadline_then_recover
     request = _request(queries[1], "dense")
     full = sharded.search(request)
     head = ray_cluster.nodes[0].node_id
-    pings = [ray.get(reps[0].handle.ping.remote()) for reps in sharded.shards.replicas]
+    pings = [ray.get(reps[0].handle.ping.remote()) for reps in sharded.backend.shards.replicas]
     placed = [p["node_id"] for p in pings]
     shard = next(i for i, node_id in enumerate(placed) if node_id != head)
     node = next(n for n in ray_cluster.nodes if n.node_id == placed[shard])
-    lost = sorted(sharded.shards.names[i] for i, node_id in enumerate(placed) if node_id == placed[shard])
+    lost = sorted(sharded.backend.shards.names[i] for i, node_id in enumerate(placed) if node_id == placed[shard])
     ray_cluster.kill_node(node)
     _wait_gone(pings[shard]["pid"])  # an orphaned actor can answer direct calls until it exits
     partial = sharded.search(request)  # returns by the deadline although the node is gone
     assert partial.partial and partial.missing_shards == lost
-    for reps in sharded.shards.replicas:
+    for reps in sharded.backend.shards.replicas:
         reps[0].avoid_until = 0.0
     assert_same_up_to_ties(_wait_full(sharded, request), full)
     ray_cluster.add_node()  # leave the cluster as big as we found it
