@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trident_search.cluster.runtime import WORKER_ENV, connect, import_ray
+from trident_search.cluster.signals import kept_fault_handlers
 
 CLUSTER_ENV = {**WORKER_ENV, "RAY_AUTH_MODE": "disabled"}
 # <root>/tr-ray-XXXXXXXX/session_<date>_<time>_<us>_<pid>/sockets/plasma_store.N within 107 bytes.
@@ -87,9 +88,10 @@ def local_cluster(nodes: int = 3, cpus_per_node: float = 2.0) -> Iterator[LocalC
     finally:
         import ray
 
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
+        with kept_fault_handlers():  # ray.shutdown resets SIGSEGV & co. to the default
+            ray.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -13,6 +13,7 @@ import os
 from types import ModuleType
 from typing import Any
 
+from trident_search.cluster.signals import kept_fault_handlers
 from trident_search.errors import TridentError
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,6 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
-    # Ray's C++ core would install its own SIGSEGV handler over the JVM's; the JVM (Lucene) relies on
-    # trapping SIGSEGV for implicit null checks, so a process holding both crashes ("segfault at 8").
-    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
 }
 
 
@@ -47,8 +45,7 @@ def import_ray() -> ModuleType:
 def connect(address: str, *, num_cpus: int | None = None) -> ModuleType:
     """Initialise Ray in this process once (later calls reuse the connection); returns ``ray``."""
     ray = import_ray()
-    for key in ("RAY_USAGE_STATS_ENABLED", "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
-        os.environ.setdefault(key, WORKER_ENV[key])
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return ray
     kwargs: dict[str, Any] = {
@@ -61,7 +58,8 @@ def connect(address: str, *, num_cpus: int | None = None) -> ModuleType:
     else:
         kwargs["address"] = address
     try:
-        ray.init(**kwargs)
+        with kept_fault_handlers():  # a JVM in this process keeps its SIGSEGV handler (cluster/signals.py)
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError) as exc:
         raise RayUnavailableError(
             f"cannot join the Ray cluster at {address!r}: {exc}. Use --ray-address local for a "
