@@ -245,6 +245,20 @@ class ShardedBackend:
         self.deadline_s = deadline_s
         self._local = threading.local()
 
+    def warm_up(self, timeout_s: float) -> None:
+        """One round trip per retriever along the serving path itself (router-encoded vectors, sent
+        to every replica), waited for in full: the first real request must not pay for first calls."""
+        for name in self.retrievers:
+            calls = {name: RetrieverCall(10, get(name).options())}
+            vectors = {name: self.encoders[name].encode("warm up")}
+            for replica in range(max(len(reps) for reps in self.shards.replicas)):
+                handles = [reps[replica].handle for reps in self.shards.replicas if replica < len(reps)]
+                try:
+                    self.shards.ray.get([h.retrieve.remote("warm up", calls, {}, vectors) for h in handles],
+                                        timeout=timeout_s)
+                except Exception as exc:  # noqa: BLE001 - a cold replica is slow, not broken: serve anyway
+                    log.warning("warm-up of %s on replica %d did not finish: %s", name, replica, exc)
+
     def retrieve(self, query: str, calls: Mapping[str, RetrieverCall], filters: Mapping[str, Any]) -> Retrieved:
         """Scatter to every shard, gather each one's per-retriever top depth, merge by raw score."""
         self._local.deadline = time.monotonic() + self.deadline_s
@@ -330,6 +344,7 @@ def connect_sharded(
     names = list(first.retrievers)
     encoders = {r: get(r).query_encoder(first, backend=query_backend) for r in names}
     backend = ShardedBackend(path, manifest, shards, names, encoders, deadline_s=deadline_s)
+    backend.warm_up(load_timeout_s)
     return Engine(backend, backend, manifest=first, tuned=TunedFusion.from_manifest(first),
                   default_depth=default_depth, owned=[backend])
 
