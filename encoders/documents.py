@@ -53,7 +53,7 @@ class _Collector:
     def add_dense(self, positions: np.ndarray, rows: np.ndarray) -> None:
         """Dense rows (B, width); for SPLADE the positive entries are kept as CSR."""
         self.positions.append(positions)
-        self.parts.append(_dense_to_csr(rows) if self.sparse else np.asarray(rows, dtype=np.float32))
+        self.parts.append(dense_to_csr(rows) if self.sparse else np.asarray(rows, dtype=np.float32))
 
     def add_csr(self, positions: np.ndarray, counts: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
         indptr = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -76,7 +76,7 @@ class _Collector:
         return np.ascontiguousarray(np.concatenate(self.parts)[inverse], dtype=np.float32)
 
 
-def _dense_to_csr(rows: np.ndarray) -> sp.csr_matrix:
+def dense_to_csr(rows: np.ndarray) -> sp.csr_matrix:
     """Positive entries of a dense float32 batch as canonical CSR (``np.nonzero`` walks rows in order)."""
     positive = rows > 0
     indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from trident_search.encoders.base import SentenceTransformersEncoder
+from trident_search.encoders.documents import dense_to_csr
 from trident_search.encoders.models import SPARSE_DEFAULT
 from trident_search.encoders.runtime import check_positive, torch_threads
 from trident_search.encoders.text import check_texts
@@ -101,7 +102,7 @@ class SparseEncoder(SentenceTransformersEncoder):
         if self._onnx is None:
             rows = self._encode_torch(items, document=False)
         else:
-            rows = _dense_to_csr(self._onnx.encode(items))
+            rows = dense_to_csr(self._onnx.encode(items))
         return prune_top_k(rows, self.query_top_k)
 
     def decode(self, row: sp.csr_matrix) -> list[tuple[str, float]]:
@@ -139,15 +140,6 @@ def prune_top_k(rows: sp.csr_matrix, k: int | None) -> sp.csr_matrix:
     indptr = np.zeros(rows.shape[0] + 1, dtype=rows.indptr.dtype)
     np.cumsum(np.minimum(counts, k), out=indptr[1:])
     return sp.csr_matrix((rows.data[keep], rows.indices[keep], indptr), shape=rows.shape)
-
-
-def _dense_to_csr(rows: np.ndarray) -> sp.csr_matrix:
-    """Positive entries of a dense float32 batch as canonical CSR (``np.nonzero`` walks rows in order)."""
-    positive = rows > 0
-    indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
-    np.cumsum(positive.sum(axis=1), out=indptr[1:])
-    row_ids, cols = np.nonzero(positive)
-    return sp.csr_matrix((rows[row_ids, cols].astype(np.float32), cols, indptr), shape=rows.shape)
 
 
 def _torch_sparse_to_csr(embeddings: torch.Tensor, width: int) -> sp.csr_matrix:
